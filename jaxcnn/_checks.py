@@ -1,0 +1,268 @@
+"""Argument checks and window geometry shared by `forward` and `backward`.
+
+Everything here runs in Python on static shapes, before JAX traces anything, so a bad call fails
+with a `ValueError` / `TypeError` that names the function, the argument, what it got and what it
+needs, never with an XLA error.
+
+Geometry, per spatial axis (see DESIGN.md): input size `H`, window `k`, stride `s`, dilation `d`,
+pads `(lo, hi)`; `k_eff = (k - 1) * d + 1`; output `O = (H + lo + hi - k_eff) // s + 1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Pair = tuple[int, int]
+Pads = tuple[Pair, Pair]
+Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
+
+PADDING_FORMS = (
+    '"VALID", "SAME", an int p, a pair (ph, pw), or ((top, bottom), (left, right))'
+)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def pair(fn: str, name: str, value: Any, *, minimum: int = 1) -> Pair:
+    """`value` as an (H, W) pair of ints >= `minimum`: an int means the same on both axes."""
+    if _is_int(value):
+        value = (value, value)
+    if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2
+            or not all(_is_int(v) for v in value)):
+        raise TypeError(f"{fn}: {name} must be an int or a pair of ints (h, w); got {value!r}")
+    if min(value) < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum} on both axes; got {tuple(value)}")
+    return int(value[0]), int(value[1])
+
+
+def array(fn: str, name: str, x: Any, ndim: int | None = None, layout: str = "",
+          *, floating: bool = True) -> tuple[int, ...]:
+    """Check that `x` is an array (of rank `ndim`, described by `layout`); return its shape."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{fn}: {name} must be a JAX or NumPy array; got {type(x).__name__}")
+    if ndim is not None and len(x.shape) != ndim:
+        expected = f"a {ndim}-D array {layout}".rstrip()
+        raise ValueError(f"{fn}: {name} must be {expected}; got shape {tuple(x.shape)}")
+    if floating and not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{fn}: {name} must have a floating-point dtype; got {x.dtype}")
+    return tuple(int(n) for n in x.shape)
+
+
+def same_dtype(fn: str, **arrays: Any) -> None:
+    """All arrays given (None skipped) share one dtype."""
+    named = [(k, v.dtype) for k, v in arrays.items() if v is not None]
+    if len({d for _, d in named}) > 1:
+        got = ", ".join(f"{k} is {d}" for k, d in named)
+        raise TypeError(f"{fn}: {got}; cast them to one floating dtype")
+
+
+def shape_is(fn: str, name: str, x: Any, expected: tuple[int, ...], why: str) -> None:
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{fn}: {name} has shape {tuple(x.shape)} but {why} "
+                         f"has shape {tuple(expected)}")
+
+
+def padding(fn: str, value: Padding, in_hw: Pair, window_eff: Pair, stride: Pair) -> Pads:
+    """Resolve any padding form to explicit ((top, bottom), (left, right)) pads.
+
+    "SAME" pads as XLA does (`lax.padtype_to_pads` with the dilated window); `(a, b)` means `a` on
+    both sides of H and `b` on both sides of W, as torch reads it.
+    """
+    if isinstance(value, str):
+        if value.upper() not in ("VALID", "SAME"):
+            raise ValueError(f"{fn}: padding must be {PADDING_FORMS}; got {value!r}")
+        pads = lax.padtype_to_pads(in_hw, window_eff, stride, value.upper())
+        return (tuple(pads[0]), tuple(pads[1]))  # type: ignore[return-value]
+    if _is_int(value):
+        pads = ((value, value), (value, value))
+    elif (isinstance(value, Sequence) and len(value) == 2
+          and all(_is_int(v) for v in value)):
+        pads = ((value[0], value[0]), (value[1], value[1]))
+    elif (isinstance(value, Sequence) and len(value) == 2
+          and all(isinstance(p, Sequence) and len(p) == 2 and all(_is_int(v) for v in p)
+                  for p in value)):
+        pads = (tuple(value[0]), tuple(value[1]))
+    else:
+        raise TypeError(f"{fn}: padding must be {PADDING_FORMS}; got {value!r}")
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if min(min(p) for p in pads) < 0:
+        raise ValueError(f"{fn}: padding must be >= 0; got {pads}")
+    return pads  # type: ignore[return-value]
+
+
+class Window(NamedTuple):
+    """The resolved geometry of a sliding window (convolution kernel or pooling window)."""
+
+    size: Pair      # k: the window (kernel) size
+    stride: Pair    # s
+    dilation: Pair  # d
+    pads: Pads      # ((lo, hi), (lo, hi))
+    in_hw: Pair     # (H, W)
+    out_hw: Pair    # (O_h, O_w)
+
+    @property
+    def eff(self) -> Pair:
+        """k_eff = (k - 1) * d + 1, the span of the dilated window."""
+        return tuple((k - 1) * d + 1 for k, d in zip(self.size, self.dilation))  # type: ignore
+
+    @property
+    def spread(self) -> Pair:
+        """O_s = (O - 1) * s + 1, the span of the output spread back over the stride grid."""
+        return tuple((o - 1) * s + 1 for o, s in zip(self.out_hw, self.stride))  # type: ignore
+
+
+def window(fn: str, in_hw: Pair, size: Pair, stride: Pair, dilation: Pair,
+           pad_value: Padding, what: str = "kernel") -> Window:
+    """Resolve padding and check that the (dilated) window fits the padded input."""
+    eff = tuple((k - 1) * d + 1 for k, d in zip(size, dilation))
+    pads = padding(fn, pad_value, in_hw, eff, stride)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+    if any(e > p for e, p in zip(eff, padded)):
+        dil = f" (dilated by {dilation})" if dilation != (1, 1) else ""
+        raise ValueError(
+            f"{fn}: the {what} spans {eff}{dil} but the padded input is only {padded} "
+            f"(input {in_hw}, padding {pads}); use a smaller {what} or more padding")
+    out = tuple((p - e) // s + 1 for p, e, s in zip(padded, eff, stride))
+    return Window(size, stride, dilation, pads, in_hw, out)  # type: ignore[arg-type]
+
+
+class Conv(NamedTuple):
+    win: Window
+    groups: int
+    c_in: int
+    c_out: int
+    out_shape: tuple[int, int, int, int]
+
+
+def conv(fn: str, x: Any, w: Any, stride: Any, padding_: Padding, dilation: Any,
+         groups: Any, b: Any = None) -> Conv:
+    """Check a 2-D convolution's arguments: x (N, H, W, C_in), w (kh, kw, C_in // groups, C_out)."""
+    n, h, wd, c_in = array(fn, "x", x, 4, "(N, H, W, C)")
+    kh, kw, w_in, c_out = array(fn, "w", w, 4, "(kh, kw, C_in // groups, C_out) (HWIO)")
+    same_dtype(fn, x=x, w=w)
+    if not _is_int(groups):
+        raise TypeError(f"{fn}: groups must be an int; got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{fn}: groups must be >= 1; got {groups}")
+    if c_in % groups:
+        raise ValueError(f"{fn}: groups={groups} must divide the {c_in} input channels of x")
+    if c_out % groups:
+        raise ValueError(f"{fn}: groups={groups} must divide the {c_out} output channels "
+                         f"of w (w.shape[3])")
+    if w_in * groups != c_in:
+        raise ValueError(f"{fn}: x has {c_in} channels but w expects {w_in * groups} "
+                         f"(w.shape[2] * groups = {w_in} * {groups})")
+    if b is not None:
+        array(fn, "b", b, 1, "(C_out,)")
+        same_dtype(fn, x=x, b=b)
+        shape_is(fn, "b", b, (c_out,), "one bias per output channel of w")
+    win = window(fn, (h, wd), (kh, kw), pair(fn, "stride", stride),
+                 pair(fn, "dilation", dilation), padding_)
+    return Conv(win, int(groups), c_in, c_out, (n, *win.out_hw, c_out))
+
+
+def pool(fn: str, x: Any, size: Any, stride: Any, padding_: Padding) -> Window:
+    """Check a pooling call: x (N, H, W, C); every pad smaller than the window, so that every
+    window holds at least one real element."""
+    _, h, w, _ = array(fn, "x", x, 4, "(N, H, W, C)")
+    size = pair(fn, "window", size)
+    stride = size if stride is None else pair(fn, "stride", stride)
+    win = window(fn, (h, w), size, stride, (1, 1), padding_, what="window")
+    for (lo, hi), k in zip(win.pads, size):
+        if lo >= k or hi >= k:
+            raise ValueError(f"{fn}: padding {win.pads} must be smaller than the window {size} "
+                             f"on each side, so that no window is all padding")
+    return win
+
+
+def concrete(x: Any) -> np.ndarray | None:
+    """`x` as a NumPy array when its values are known (not traced), else None."""
+    try:
+        return np.asarray(x)
+    except Exception:  # a tracer under jit / vmap: values are checked only eagerly
+        return None
+
+
+def window_counts(win: Window, count_include_pad: bool = True) -> np.ndarray:
+    """How many elements each window averages: (1, O_h, O_w, 1), computed from static shapes."""
+    if count_include_pad:
+        return np.full((1, *win.out_hw, 1), win.size[0] * win.size[1], np.float64)
+    per_axis = []
+    for n, k, s, (lo, _), o in zip(win.in_hw, win.size, win.stride, win.pads, win.out_hw):
+        start = np.arange(o) * s - lo
+        per_axis.append(np.minimum(start + k, n) - np.maximum(start, 0))
+    return np.outer(*per_axis).astype(np.float64)[None, :, :, None]
+
+
+def dense(fn: str, x: Any, w: Any, b: Any) -> None:
+    """Check a dense layer: x (N, D_in), w (D_in, D_out), b (D_out,) or None."""
+    _, d_in = array(fn, "x", x, 2, "(N, D_in)")
+    w_in, d_out = array(fn, "w", w, 2, "(D_in, D_out)")
+    same_dtype(fn, x=x, w=w, b=b)
+    if w_in != d_in:
+        raise ValueError(f"{fn}: x has {d_in} features but w expects {w_in} (w.shape[0]); "
+                         f"flatten the input or resize w")
+    if b is not None:
+        array(fn, "b", b, 1, "(D_out,)")
+        shape_is(fn, "b", b, (d_out,), "one bias per output of w")
+
+
+def binary_labels(fn: str, pred: Any, y: Any, what: str) -> None:
+    """Check binary-loss arguments: pred (N,) or (N, 1), y (N,) in [0, 1]."""
+    shape = array(fn, what, pred)
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise ValueError(f"{fn}: {what} must have shape (N,) or (N, 1); got {shape}")
+    array(fn, "y", y, 1, "(N,) of 0./1. labels")
+    same_dtype(fn, **{what: pred, "y": y})
+    if y.shape[0] != shape[0]:
+        raise ValueError(f"{fn}: y has shape {tuple(y.shape)} but {what} has {shape[0]} rows; "
+                         f"it needs one label per example, shape ({shape[0]},)")
+    vals = concrete(y)
+    if vals is not None and ((vals < 0) | (vals > 1)).any():
+        raise ValueError(f"{fn}: y must hold labels in [0, 1]; got values in "
+                         f"[{vals.min()}, {vals.max()}]")
+
+
+def class_targets(fn: str, z: Any, y: Any) -> Any:
+    """Check softmax-CE labels and return them as (N, K) target distributions in z's dtype."""
+    n, k = array(fn, "z", z, 2, "(N, K) logits")
+    array(fn, "y", y, floating=False)
+    if np.issubdtype(y.dtype, np.integer):
+        array(fn, "y", y, 1, "(N,) of int class ids", floating=False)
+        if y.shape[0] != n:
+            raise ValueError(f"{fn}: y has shape {tuple(y.shape)} but z has {n} rows; "
+                             f"it needs one class id per example, shape ({n},)")
+        vals = concrete(y)
+        if vals is not None and ((vals < 0) | (vals >= k)).any():
+            raise ValueError(f"{fn}: y must hold class ids in [0, {k}); got values in "
+                             f"[{vals.min()}, {vals.max()}]")
+        return jax.nn.one_hot(y, k, dtype=z.dtype)
+    array(fn, "y", y, 2, "(N, K) one-hot or probabilities, or (N,) int class ids")
+    same_dtype(fn, z=z, y=y)
+    shape_is(fn, "y", y, (n, k), "z")
+    return y
+
+
+def flatten(fn: str, x: Any) -> tuple[int, int]:
+    """Check a flatten input (N, d1, d2, ...); return the output shape (N, d1 * d2 * ...)."""
+    shape = array(fn, "x", x, None, floating=False)
+    if len(shape) < 2:
+        raise ValueError(f"{fn}: x must have a batch axis and at least one more; "
+                         f"got shape {shape}")
+    return shape[0], int(np.prod(shape[1:]))
+
+
+def targets(fn: str, y_pred: Any, t: Any) -> None:
+    """Check a regression loss: y_pred and t floating arrays of one shape and dtype."""
+    array(fn, "y_pred", y_pred)
+    array(fn, "t", t)
+    same_dtype(fn, y_pred=y_pred, t=t)
+    shape_is(fn, "t", t, tuple(y_pred.shape), "y_pred")

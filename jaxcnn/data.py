@@ -1,0 +1,325 @@
+"""Datasets for the CNNs, NumPy only (no JAX, never any download).
+
+Every loader returns a `Dataset` of NHWC float images `(N, H, W, C)` in the requested float dtype.
+Multi-class labels are int32 class ids `(N,)`; the binary synthetic set has float 0./1. labels
+`(N,)` in the image dtype. Images are standardised with one scalar mean and std taken from the
+TRAIN split only (population std, computed in float64), so no test statistics leak into training.
+
+Sources: scikit-learn's bundled 8x8 digits, MNIST / Fashion-MNIST from IDX files the user already
+has on disk, and a synthetic bar-orientation task sized for the 6x6 seed network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Dataset", "batches", "load", "load_digits", "load_idx_dir", "num_batches", "read_idx",
+    "synthetic_bars",
+]
+
+SPEC_FORMS = "'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR'"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """A train/test split. x_*: (N, H, W, C) float; y_*: (N,) int32 class ids or float 0./1."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+                raise ValueError(
+                    f"Dataset {self.name!r}: x_{split} must be (N, H, W, C) and y_{split} (N,); "
+                    f"got {x.shape} and {y.shape}")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"Dataset {self.name!r}: train images {self.x_train.shape[1:]} and "
+                             f"test images {self.x_test.shape[1:]} differ in (H, W, C)")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        h, w, c = self.x_train.shape[1:]
+        return (h, w, c)
+
+    def __repr__(self) -> str:
+        return (f"Dataset(name={self.name!r}, num_classes={self.num_classes}, "
+                f"x_train={self.x_train.shape} {self.x_train.dtype}, "
+                f"y_train={self.y_train.shape} {self.y_train.dtype}, "
+                f"x_test={self.x_test.shape}, y_test={self.y_test.shape})")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _float_dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ValueError(f"dtype must be a floating dtype (float16/32/64); got {dt}")
+    return dt
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+_CHUNK = 4096  # images per chunk when standardising, to avoid float64 copies of all of MNIST
+
+
+def _standardise(train: np.ndarray, test: np.ndarray, scale: float,
+                 dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Scale both splits by `scale`, then standardise with the scaled train mean / std.
+
+    Statistics are one scalar each, computed in float64 chunk by chunk. A constant train set
+    (std 0) is only centred, not divided.
+    """
+    if train.size == 0:
+        raise ValueError("cannot standardise: the train split is empty")
+    chunks = range(0, len(train), _CHUNK)
+    mean = sum(float(np.sum(train[i:i + _CHUNK], dtype=np.float64)) for i in chunks)
+    mean = mean * scale / train.size
+    var = sum(float(np.sum(np.square(train[i:i + _CHUNK].astype(np.float64) * scale - mean)))
+              for i in chunks) / train.size
+    std = math.sqrt(var) if var > 0 else 1.0
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape, dtype)
+        for i in range(0, len(x), _CHUNK):
+            out[i:i + _CHUNK] = (x[i:i + _CHUNK].astype(np.float64) * scale - mean) / std
+        return out
+
+    return apply(train), apply(test)
+
+
+# ----------------------------------------------------------------------------- digits
+def load_digits(test_fraction: float = 0.2, seed: int = 0, dtype: Any = np.float32) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, shipped with the package, no network).
+
+    Stratified split seeded by `seed`; pixels 0..16 scaled to [0, 1], then standardised with the
+    train mean / std. Returns x: (N, 8, 8, 1) `dtype`, y: (N,) int32 in 0..9, 10 classes.
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    dt = _float_dtype(dtype)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
+    x, y = _sk_load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=seed)
+    x_tr, x_te = _standardise(x_tr, x_te, 1.0 / 16.0, dt)
+    return Dataset(x_tr.reshape(-1, 8, 8, 1), y_tr.astype(np.int32),
+                   x_te.reshape(-1, 8, 8, 1), y_te.astype(np.int32), "digits", 10)
+
+
+# ----------------------------------------------------------------------------- IDX files
+IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+}
+_TYPE_NAMES = "0x08 uint8, 0x09 int8, 0x0b int16, 0x0c int32, 0x0d float32, 0x0e float64"
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (raw, or gzip detected by its magic bytes 1f 8b, not by the name).
+
+    Header: two zero bytes, a type byte, a dimension count D, then D big-endian uint32 sizes; the
+    payload must be exactly prod(sizes) * itemsize bytes. Returns an array of that shape in the
+    native-endian version of the file's dtype (uint8, int8, int16, int32, float32, float64).
+    Raises `ValueError` naming `path` for anything malformed, `FileNotFoundError` if it is absent.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    gz = raw[:2] == b"\x1f\x8b"
+    if gz:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise ValueError(f"{path}: corrupt or truncated gzip file ({e}); expected a complete "
+                             "gzip stream holding an IDX file") from e
+    what = "gunzipped content" if gz else "file"
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(
+            f"{path}: not an IDX file (magic 0x{raw[:4].hex()}{'…' if len(raw) > 4 else ''} in "
+            f"{what} of {len(raw)} bytes); expected two zero bytes, a type byte and a dimension "
+            "count")
+    type_byte, ndim = raw[2], raw[3]
+    if type_byte not in IDX_TYPES:
+        raise ValueError(f"{path}: unknown IDX type byte 0x{type_byte:02x}; expected one of "
+                         f"{_TYPE_NAMES}")
+    if ndim == 0:
+        raise ValueError(f"{path}: IDX dimension count is 0; expected at least 1")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header: {ndim} dimensions need {header} header "
+                         f"bytes, the {what} has {len(raw)}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dt = IDX_TYPES[type_byte]
+    expected = math.prod(shape) * dt.itemsize
+    actual = len(raw) - header
+    if actual != expected:
+        problem = "truncated IDX data" if actual < expected else "trailing bytes after IDX data"
+        raise ValueError(f"{path}: {problem}: expected {expected} payload bytes for shape {shape} "
+                         f"of {dt.name}, got {actual}")
+    flat = np.frombuffer(raw, dt, math.prod(shape), header)
+    return flat.reshape(shape).astype(dt.newbyteorder("="))  # native-endian, writable copy
+
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _idx_candidates(stem: str) -> list[str]:
+    """Names accepted for one standard file: raw, .gz, and the 'train-images.idx3-ubyte' form."""
+    dotted = stem.replace("-idx", ".idx")
+    return [stem, stem + ".gz", dotted, dotted + ".gz"]
+
+
+def load_idx_dir(directory: str | Path, name: str = "mnist", seed: int = 0,
+                 dtype: Any = np.float32) -> Dataset:
+    """MNIST / Fashion-MNIST from the four standard IDX files in `directory` (raw or .gz).
+
+    The official 60k/10k split is kept as is; `seed` is accepted for a uniform loader signature
+    and unused. Pixels 0..255 are scaled to [0, 1], then standardised with the train mean / std.
+    Returns x: (N, rows, cols, 1) `dtype`, y: (N,) int32 in 0..9, 10 classes, `name` as given.
+    """
+    dt = _float_dtype(dtype)
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such directory; expected one holding the IDX "
+                                f"files {', '.join(IDX_FILES.values())} (raw or .gz)")
+    paths: dict[str, Path] = {}
+    missing = []
+    for key, stem in IDX_FILES.items():
+        names = _idx_candidates(stem)
+        found = [directory / n for n in names if (directory / n).is_file()]
+        if found:
+            paths[key] = found[0]
+        else:
+            missing.append(f"{stem} (looked for {', '.join(names)})")
+    if missing:
+        raise FileNotFoundError(f"{directory}: missing IDX files: {'; '.join(missing)}")
+
+    arrays = {key: read_idx(p) for key, p in paths.items()}
+    for split in ("train", "test"):
+        ip, lp = paths[f"{split}_images"], paths[f"{split}_labels"]
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{ip}: images must be 3-D uint8 (N, rows, cols); got "
+                             f"{images.ndim}-D {images.dtype} {images.shape}")
+        if labels.ndim != 1 or labels.dtype != np.uint8:
+            raise ValueError(f"{lp}: labels must be 1-D uint8 (N,); got "
+                             f"{labels.ndim}-D {labels.dtype} {labels.shape}")
+        if len(images) != len(labels):
+            raise ValueError(f"image and label counts differ: {ip} has {len(images)} images, "
+                             f"{lp} has {len(labels)} labels; expected equal counts")
+        bad = np.flatnonzero(labels > 9)
+        if bad.size:
+            raise ValueError(f"{lp}: label value {labels[bad[0]]} at index {bad[0]} "
+                             f"({bad.size} bad in all); expected class ids 0..9")
+    tr, te = arrays["train_images"], arrays["test_images"]
+    if tr.shape[1:] != te.shape[1:]:
+        raise ValueError(f"image sizes differ: {paths['train_images']} has {tr.shape[1:]}, "
+                         f"{paths['test_images']} has {te.shape[1:]}; expected the same")
+    x_tr, x_te = _standardise(tr, te, 1.0 / 255.0, dt)
+    return Dataset(x_tr[..., None], arrays["train_labels"].astype(np.int32),
+                   x_te[..., None], arrays["test_labels"].astype(np.int32), name, 10)
+
+
+# ----------------------------------------------------------------------------- synthetic
+def _bars(rng: np.random.Generator, n: int, size: int, noise: float,
+          dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    y = rng.permutation(np.arange(n) < n // 2)  # exactly n // 2 positives, shuffled
+    where = rng.integers(0, size, n)
+    x = np.zeros((n, size, size), np.float64)
+    x[y, :, where[y]] = 1.0  # vertical bar: one whole column
+    x[~y, where[~y], :] = 1.0  # horizontal bar: one whole row
+    x += rng.normal(0.0, noise, x.shape)
+    return x[..., None].astype(dt), y.astype(dt)
+
+
+def synthetic_bars(n_train: int = 512, n_test: int = 256, size: int = 6, noise: float = 0.1,
+                   seed: int = 0, dtype: Any = np.float32) -> Dataset:
+    """Binary bar-orientation task for the 6x6 seed network (3x3 conv, ReLU, 2x2 pool, dense 4->1).
+
+    Each image is a bar of value 1.0 on a zero background plus Gaussian noise (std `noise`) on
+    every pixel: label 1.0 carries a vertical bar (one whole random column), label 0.0 a horizontal
+    bar (one whole random row). Each split holds exactly n // 2 positives in shuffled order.
+    Train and test come from independent streams (`default_rng([seed, 0])` / `[seed, 1]`), so the
+    test set does not change with `n_train`. Not standardised. Returns x: (N, size, size, 1)
+    `dtype`, y: (N,) `dtype` in {0., 1.}, num_classes 2.
+    """
+    dt = _float_dtype(dtype)
+    n_train, n_test = _check_int("n_train", n_train, 1), _check_int("n_test", n_test, 1)
+    size, seed = _check_int("size", size, 1), _check_int("seed", seed, 0)
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite std >= 0; got {noise!r}")
+    x_tr, y_tr = _bars(np.random.default_rng([seed, 0]), n_train, size, noise, dt)
+    x_te, y_te = _bars(np.random.default_rng([seed, 1]), n_test, size, noise, dt)
+    return Dataset(x_tr, y_tr, x_te, y_te, "synthetic", 2)
+
+
+# ----------------------------------------------------------------------------- batching
+def num_batches(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """Number of batches `batches` yields for `n` examples."""
+    n, batch_size = _check_int("n", n, 0), _check_int("batch_size", batch_size, 1)
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+Batch = tuple[np.ndarray, np.ndarray]
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: int,
+            shuffle: bool = True, drop_last: bool = True) -> Iterator[Batch]:
+    """Yield `(x[idx], y[idx])` batches of `batch_size` (the last one smaller if not drop_last).
+
+    x: (N, ...), y: (N, ...). The order for epoch `epoch` is
+    `np.random.default_rng([seed, epoch]).permutation(N)` (or 0..N-1 without shuffle), so a run
+    resumed at some epoch sees exactly the same batches. Arguments are checked at the call, not at
+    the first `next`.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed, epoch = _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length; got {len(x)} and {len(y)}")
+    n = len(x)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    stop = num_batches(n, batch_size, drop_last) * batch_size
+
+    def gen() -> Iterator[Batch]:
+        for i in range(0, min(stop, n), batch_size):
+            idx = order[i:i + batch_size]
+            yield x[idx], y[idx]
+
+    return gen()
+
+
+# ----------------------------------------------------------------------------- CLI
+def load(spec: str, seed: int = 0, dtype: Any = np.float32) -> Dataset:
+    """Dataset from its CLI form: 'digits', 'synthetic', 'mnist:DIR' or 'fashion:DIR'."""
+    kind, sep, arg = spec.partition(":")
+    if kind == "digits" and not sep:
+        return load_digits(seed=seed, dtype=dtype)
+    if kind == "synthetic" and not sep:
+        return synthetic_bars(seed=seed, dtype=dtype)
+    if kind in ("mnist", "fashion") and arg:
+        return load_idx_dir(arg, name=kind, seed=seed, dtype=dtype)
+    raise ValueError(f"unknown dataset spec {spec!r}; expected one of {SPEC_FORMS}")

@@ -1,0 +1,41 @@
+"""Shared test helpers: error measures, random arrays, central differences."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b|: the relative error of a whole array (0 when both are zero)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = np.abs(b).max(initial=0.0)
+    diff = np.abs(a - b).max(initial=0.0)
+    return 0.0 if diff == 0 else diff / (scale if scale > 0 else 1.0)
+
+
+def assert_close(a, b, rtol: float, what: str = "") -> None:
+    err = rel_err(a, b)
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"
+
+
+def randn(rng: np.random.Generator, *shape, dtype=np.float64) -> np.ndarray:
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def central_difference_vjp(f, args, dy, argnum, eps=1e-6, n_dirs=4, seed=0):
+    """Check <dy, J v> by central differences along random directions v of args[argnum].
+
+    Returns a list of (finite difference, v) so the caller compares <manual_dx, v> to it.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_dirs):
+        v = rng.standard_normal(np.shape(args[argnum]))
+        plus = list(args)
+        minus = list(args)
+        plus[argnum] = args[argnum] + eps * v
+        minus[argnum] = args[argnum] - eps * v
+        fd = (np.vdot(dy, np.asarray(f(*plus))) - np.vdot(dy, np.asarray(f(*minus)))) / (2 * eps)
+        out.append((fd, v))
+    return out

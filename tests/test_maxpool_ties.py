@@ -1,0 +1,60 @@
+"""Max-pool ties: manual routing equals jax.grad's exactly (the first maximum in row-major order).
+
+Ties are the rule, not the exception: after ReLU whole windows are zero, and integer-valued or
+quantised inputs repeat values. The gradients compared here are sums of integers, so every
+correct routing gives bit-identical results; `assert_array_equal` demands exactly that.
+"""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import _checks, backward, forward
+
+from reference import max_pool_grad
+
+CONFIGS = [
+    dict(window=2),
+    dict(window=2, stride=1),                                   # overlapping: routes accumulate
+    dict(window=3, stride=2, padding="SAME"),
+    dict(window=(3, 2), stride=(1, 2), padding=((1, 2), (0, 1))),
+    dict(window=3, stride=1, padding=1),
+]
+
+
+def _inputs(kind, rng, shape):
+    if kind == "after-relu":      # most windows all zero, a few positive values
+        return np.maximum(rng.standard_normal(shape) - 1.0, 0.0)
+    if kind == "all-zero":
+        return np.zeros(shape)
+    if kind == "integers":        # values 0..2: ties in most windows
+        return rng.integers(0, 3, shape).astype(np.float64)
+    return np.full(shape, -3.0)   # "constant-negative": every window one big tie
+
+
+@pytest.mark.parametrize("kind", ["after-relu", "all-zero", "integers", "constant-negative"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_ties_route_exactly_as_jax_grad(kind, cfg):
+    rng = np.random.default_rng(0)
+    x = _inputs(kind, rng, (2, 7, 8, 3))
+    win = _checks.pool("max_pool", x, cfg["window"], cfg.get("stride"), cfg.get("padding", "VALID"))
+    dy = rng.integers(-4, 5, (2, *win.out_hw, 3)).astype(np.float64)
+    manual = jax.jit(lambda dy, x: backward.max_pool(dy, x, **cfg))(dy, x)
+    _, pullback = jax.vjp(lambda x: forward.max_pool(x, **cfg), x)
+    np.testing.assert_array_equal(manual, jax.jit(pullback)(dy)[0])
+    np.testing.assert_array_equal(manual, max_pool_grad(dy, x, win.size, win.stride, win.pads))
+
+
+def test_tie_goes_to_first_in_row_major_order():
+    """One 2x2 window of equal values: all of dy lands on its top-left element."""
+    x = np.ones((1, 2, 2, 1))
+    dx = backward.max_pool(np.array([[[[5.0]]]]), x, window=2)
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[5.0, 0.0], [0.0, 0.0]])
+    # the second-ranked position wins once the first is smaller
+    for i, j in itertools.product(range(2), range(2)):
+        x = np.zeros((1, 2, 2, 1))
+        x[0, i, j, 0] = 1.0
+        dx = backward.max_pool(np.array([[[[1.0]]]]), x, window=2)
+        assert dx[0, i, j, 0] == 1.0 and dx.sum() == 1.0
