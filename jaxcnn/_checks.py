@@ -266,3 +266,17 @@ def targets(fn: str, y_pred: Any, t: Any) -> None:
     array(fn, "t", t)
     same_dtype(fn, y_pred=y_pred, t=t)
     shape_is(fn, "t", t, tuple(y_pred.shape), "y_pred")
+
+
+def batch_norm(fn: str, x: Any, gamma: Any, beta: Any, mean: Any, var: Any) -> None:
+    """Check batch-norm arguments: x (N, ..., C); gamma, beta, and mean, var if given, (C,)."""
+    shape = array(fn, "x", x)
+    if len(shape) < 2:
+        raise ValueError(f"{fn}: x must be (N, ..., C) with a batch axis; got shape {shape}")
+    if (mean is None) != (var is None):
+        raise ValueError(f"{fn}: give both mean and var (evaluation) or neither (training)")
+    for name, v in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
+        if v is not None:
+            array(fn, name, v, 1, "(C,)")
+            same_dtype(fn, x=x, **{name: v})
+            shape_is(fn, name, v, (shape[-1],), "one value per channel of x")

@@ -25,7 +25,7 @@ from jaxcnn.forward import HIGHEST, rot180
 Array = jax.Array
 
 __all__ = [
-    "avg_pool", "binary_cross_entropy", "conv2d", "convolve2d", "dense", "flatten",
+    "avg_pool", "batch_norm", "binary_cross_entropy", "conv2d", "convolve2d", "dense", "flatten",
     "l2_pool", "leaky_relu", "max_pool", "mse", "relu", "sigmoid",
     "sigmoid_binary_cross_entropy", "softmax", "softmax_cross_entropy", "tanh",
 ]
@@ -279,6 +279,37 @@ def softmax(dy: Array, x: Array, axis: int = -1) -> Array:
     _act("backward.softmax", dy, x)
     s = jax.nn.softmax(x, axis=axis)
     return s * (dy - jnp.sum(dy * s, axis=axis, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- normalization
+def batch_norm(dy: Array, x: Array, gamma: Array, beta: Array, mean: Array | None = None,
+               var: Array | None = None, *, eps: float = 1e-5) -> tuple[Array, Array, Array]:
+    """Gradients of `forward.batch_norm`: (dx (x's shape), dgamma (C,), dbeta (C,)).
+
+    With `x_hat = (x - mu) / sigma`, `sigma = sqrt(var + eps)` and sums over the M = N*H*W
+    elements of each channel: `dbeta = sum dy`, `dgamma = sum dy * x_hat`, and
+
+      training (batch statistics, which depend on x):
+          dx = gamma / (M sigma) * (M dy - sum dy - x_hat * sum(dy * x_hat));
+      evaluation (running averages, constants): dx = gamma * dy / sigma.
+
+    mean and var are running statistics, not parameters: no gradient is returned for them.
+    """
+    _checks.batch_norm("backward.batch_norm", x, gamma, beta, mean, var)
+    _upstream("backward.batch_norm", dy, x, tuple(x.shape), "x")
+    axes = tuple(range(x.ndim - 1))
+    training = mean is None
+    if training:
+        mean, var = forward.moments(x)
+    inv_sigma = lax.rsqrt(var + eps)
+    x_hat = (x - mean) * inv_sigma
+    dbeta = jnp.sum(dy, axes)
+    dgamma = jnp.sum(dy * x_hat, axes)
+    if not training:
+        return gamma * inv_sigma * dy, dgamma, dbeta
+    m = x.size // x.shape[-1]
+    dx = gamma * inv_sigma / m * (m * dy - dbeta - x_hat * dgamma)
+    return dx, dgamma, dbeta
 
 
 # ----------------------------------------------------------------------------- losses

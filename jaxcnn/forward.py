@@ -25,8 +25,8 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 HIGHEST = lax.Precision.HIGHEST
 
 __all__ = [
-    "avg_pool", "binary_cross_entropy", "conv2d", "convolve2d", "dense", "flatten",
-    "l2_pool", "leaky_relu", "max_pool", "mse", "relu", "sigmoid",
+    "avg_pool", "batch_norm", "binary_cross_entropy", "conv2d", "convolve2d", "dense", "flatten",
+    "l2_pool", "leaky_relu", "max_pool", "moments", "mse", "relu", "sigmoid",
     "sigmoid_binary_cross_entropy", "softmax", "softmax_cross_entropy", "tanh",
 ]
 
@@ -171,6 +171,30 @@ def softmax(x: Array, axis: int = -1) -> Array:
     """`exp(x) / sum(exp(x))` along `axis` (max-subtracted for stability); any shape."""
     _float("softmax", x)
     return jax.nn.softmax(x, axis=axis)
+
+
+# ----------------------------------------------------------------------------- normalization
+def moments(x: Array) -> tuple[Array, Array]:
+    """Per-channel mean and (biased) variance over every axis but the last: x (N, ..., C) ->
+    two (C,) arrays."""
+    _float("moments", x)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    return mean, jnp.mean(jnp.square(x - mean), axes)
+
+
+def batch_norm(x: Array, gamma: Array, beta: Array, mean: Array | None = None,
+               var: Array | None = None, *, eps: float = 1e-5) -> Array:
+    """Batch normalization (seed 003): `y = gamma * (x - mu) / sqrt(var + eps) + beta`, per channel.
+
+    Training: mean and var None, so mu and var are the batch's own statistics over N (and H, W),
+    and the gradient flows through them. Evaluation: the given running averages, as constants.
+    x: (N, ..., C); gamma, beta, mean, var: (C,). Returns y with x's shape.
+    """
+    _checks.batch_norm("batch_norm", x, gamma, beta, mean, var)
+    if mean is None:
+        mean, var = moments(x)
+    return gamma * (x - mean) * lax.rsqrt(var + eps) + beta
 
 
 # ----------------------------------------------------------------------------- losses

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ class Case:
     op: str                      # the shared name in jaxcnn.forward / jaxcnn.backward
     shapes: tuple                # shapes of the differentiable array inputs, in order
     kw: tuple = ()               # keyword options, as (name, value) pairs (hashable)
-    labels: Any = None           # a non-differentiable trailing input (loss labels)
+    consts: tuple = ()           # non-differentiable trailing inputs (labels, running stats)
     positive: bool = False       # inputs must lie in (0, 1) (probabilities)
     bias: bool = False           # the last shape is a bias: the forward takes it, the backward
                                  # does not (it returns db from dy alone)
@@ -41,11 +40,12 @@ class Case:
             out = [1 / (1 + np.exp(-a)) for a in out]
         return [a.astype(dtype) for a in out]
 
-    def label_arg(self, dtype) -> list:
-        if self.labels is None:
-            return []
-        lab = np.asarray(self.labels)
-        return [lab if np.issubdtype(lab.dtype, np.integer) else lab.astype(dtype)]
+    def const_args(self, dtype) -> list:
+        out = []
+        for c in self.consts:
+            c = np.asarray(c)
+            out.append(c if np.issubdtype(c.dtype, np.integer) else c.astype(dtype))
+        return out
 
     def forward(self, *args):
         return getattr(forward, self.op)(*args, **self.options)
@@ -130,23 +130,29 @@ ACT = [Case(op, op, ((3, 4, 5, 2),)) for op in ("relu", "sigmoid", "tanh", "soft
     Case("softmax-axis1", "softmax", ((3, 5, 4),), (("axis", 1),)),
 ]
 LOSS = [
-    Case("bce", "binary_cross_entropy", ((6,),), labels=[0, 1, 1, 0, 1, 0.0], positive=True),
-    Case("bce-N1", "binary_cross_entropy", ((6, 1),), labels=[0, 1, 1, 0, 1, 0.0],
+    Case("bce", "binary_cross_entropy", ((6,),), consts=([0, 1, 1, 0, 1, 0.0],), positive=True),
+    Case("bce-N1", "binary_cross_entropy", ((6, 1),), consts=([0, 1, 1, 0, 1, 0.0],),
          positive=True),
-    Case("sigmoid-bce", "sigmoid_binary_cross_entropy", ((6,),), labels=[0, 1, 1, 0, 1, 0.0]),
+    Case("sigmoid-bce", "sigmoid_binary_cross_entropy", ((6,),), consts=([0, 1, 1, 0, 1, 0.0],)),
     Case("sigmoid-bce-N1", "sigmoid_binary_cross_entropy", ((6, 1),),
-         labels=[0, 1, 0.5, 0, 1, 0.0]),
+         consts=([0, 1, 0.5, 0, 1, 0.0],)),
     Case("softmax-ce-int", "softmax_cross_entropy", ((5, 4),),
-         labels=np.array([0, 3, 1, 1, 2], np.int32)),
+         consts=(np.array([0, 3, 1, 1, 2], np.int32),)),
     Case("softmax-ce-onehot", "softmax_cross_entropy", ((5, 4),),
-         labels=np.eye(4)[[0, 3, 1, 1, 2]]),
+         consts=(np.eye(4)[[0, 3, 1, 1, 2]],)),
     Case("softmax-ce-soft", "softmax_cross_entropy", ((3, 4),),
-         labels=np.array([[0.5, 0.5, 0, 0], [0.1, 0.2, 0.3, 0.4], [0, 0, 0, 1.0]])),
-    Case("mse", "mse", ((4, 3),), labels=np.linspace(-1, 1, 12).reshape(4, 3)),
+         consts=(np.array([[0.5, 0.5, 0, 0], [0.1, 0.2, 0.3, 0.4], [0, 0, 0, 1.0]]),)),
+    Case("mse", "mse", ((4, 3),), consts=(np.linspace(-1, 1, 12).reshape(4, 3),)),
 ]
-ALL = CONV + CONVOLVE + POOL + DENSE + ACT + LOSS
+NORM = [
+    Case("batch_norm-train-nhwc", "batch_norm", ((4, 3, 3, 5), (5,), (5,))),
+    Case("batch_norm-train-nd", "batch_norm", ((6, 4), (4,), (4,))),
+    Case("batch_norm-eval", "batch_norm", ((4, 3, 3, 2), (2,), (2,)),
+         consts=(np.array([0.3, -0.2]), np.array([0.5, 2.0]))),
+]
+ALL = CONV + CONVOLVE + POOL + DENSE + ACT + NORM + LOSS
 
 
 def call_args(case: Case, dtype=np.float64, seed: int = 0) -> list:
     """The forward's positional arguments: the differentiable arrays, then any labels."""
-    return [jnp.asarray(a) for a in case.args(dtype, seed)] + case.label_arg(dtype)
+    return [jnp.asarray(a) for a in case.args(dtype, seed)] + case.const_args(dtype)

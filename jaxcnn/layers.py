@@ -1,0 +1,219 @@
+"""Layers: each is three small pure functions, in the spirit of `jax.example_libraries.stax`.
+
+    init(key, in_shape, dtype) -> (out_shape, params, state)
+        in_shape, out_shape: the shape of one example, without the batch axis, e.g. (H, W, C);
+        params: a dict of named trainable arrays ({} for layers without any);
+        state: a dict of named non-trainable arrays (BatchNorm's running averages), else {}.
+    apply(params, state, x, *, train, key) -> (y, state, residual)
+        x: (N, *in_shape) -> y: (N, *out_shape). `key` is this layer's PRNG key (Dropout uses it
+        in training). `residual` is whatever backward needs besides x: Dropout's mask, the
+        statistics BatchNorm normalised with; None for most layers.
+    backward(params, x, residual, dy) -> (dx, grads)
+        The hand-written rule: dy = dL/dy (N, *out_shape) -> dx = dL/dx, and grads = dL/dparams
+        with exactly the keys of params. Built from `jaxcnn.backward` only.
+
+A `Layer` bundles the three with a name; `jaxcnn.network.Network` chains them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import _checks, backward, forward
+from jaxcnn._checks import Padding
+
+Array = jax.Array
+Shape = tuple[int, ...]
+Initializer = Callable[[Array, Shape, Any], Array]
+HE_NORMAL = jax.nn.initializers.he_normal()  # std sqrt(2 / fan_in), truncated: for ReLU nets
+
+
+class Layer(NamedTuple):
+    name: str
+    init: Callable[..., tuple[Shape, dict, dict]]
+    apply: Callable[..., tuple[Array, dict, Any]]
+    backward: Callable[..., tuple[Array, dict]]
+
+
+def _out_shape(fn: Callable, in_shape: Shape, dtype: Any, *args: Any) -> Shape:
+    """One example's output shape, found (and the layer's options checked) without computing."""
+    x = jax.ShapeDtypeStruct((1, *in_shape), dtype)
+    return tuple(jax.eval_shape(fn, x, *args).shape[1:])
+
+
+def _no_params(name: str, fwd: Callable, bwd: Callable, **opts: Any) -> Layer:
+    """A layer without parameters: y = fwd(x, **opts), dx = bwd(dy, x, **opts)."""
+
+    def init(key, in_shape, dtype):
+        return _out_shape(lambda x: fwd(x, **opts), in_shape, dtype), {}, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        return fwd(x, **opts), state, None
+
+    def backward_(params, x, residual, dy):
+        return bwd(dy, x, **opts), {}
+
+    return Layer(name, init, apply, backward_)
+
+
+# ----------------------------------------------------------------------------- with parameters
+def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
+           stride: int | tuple[int, int] = 1, padding: Padding = "VALID",
+           dilation: int | tuple[int, int] = 1, groups: int = 1, use_bias: bool = True,
+           w_init: Initializer = HE_NORMAL, name: str = "conv") -> Layer:
+    """2-D convolution (cross-correlation) with `features` filters of size `kernel`.
+
+    params: {"w": (kh, kw, C_in // groups, features), "b": (features,)}. (H, W, C_in) ->
+    (O_h, O_w, features); all of `forward.conv2d`'s options.
+    """
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    kh, kw = _checks.pair("Conv2D", "kernel", kernel)
+
+    def init(key, in_shape, dtype):
+        w = w_init(key, (kh, kw, in_shape[-1] // groups, features), dtype)
+        params = {"w": w, "b": jnp.zeros((features,), dtype)} if use_bias else {"w": w}
+        out = _out_shape(lambda x, w: forward.conv2d(x, w, **opts), in_shape, dtype, w)
+        return out, params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        return forward.conv2d(x, params["w"], params.get("b"), **opts), state, None
+
+    def backward_(params, x, residual, dy):
+        dx, dw, db = backward.conv2d(dy, x, params["w"], **opts)
+        return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
+
+    return Layer(name, init, apply, backward_)
+
+
+def Dense(features: int, *, use_bias: bool = True,
+          w_init: Initializer = HE_NORMAL, name: str = "dense") -> Layer:
+    """Fully connected: (D_in,) -> (features,).
+
+    params: {"w": (D_in, features), "b": (features,)}.
+    """
+
+    def init(key, in_shape, dtype):
+        if len(in_shape) != 1:
+            raise ValueError(f"Dense {name!r}: input must be flat (D_in,); got {in_shape}. "
+                             f"Put a Flatten layer before it")
+        w = w_init(key, (in_shape[0], features), dtype)
+        params = {"w": w, "b": jnp.zeros((features,), dtype)} if use_bias else {"w": w}
+        return (features,), params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        return forward.dense(x, params["w"], params.get("b")), state, None
+
+    def backward_(params, x, residual, dy):
+        dx, dw, db = backward.dense(dy, x, params["w"])
+        return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
+
+    return Layer(name, init, apply, backward_)
+
+
+def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnorm") -> Layer:
+    """Batch normalization over every axis but the channels (seed 003).
+
+    Training normalises with the batch's statistics (and backpropagates through them) and
+    updates the running averages `new = momentum * old + (1 - momentum) * batch` (biased batch
+    variance, as flax); evaluation normalises with the running averages.
+    params: {"gamma": (C,), "beta": (C,)}; state: {"mean": (C,), "var": (C,)}.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"BatchNorm {name!r}: momentum must be in [0, 1); got {momentum}")
+
+    def init(key, in_shape, dtype):
+        c = in_shape[-1]
+        params = {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
+        return in_shape, params, {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
+
+    def apply(params, state, x, *, train=False, key=None):
+        g, b = params["gamma"], params["beta"]
+        if not train:
+            stats = (state["mean"], state["var"])
+            return forward.batch_norm(x, g, b, *stats, eps=eps), state, stats
+        mean, var = forward.moments(x)
+        new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
+                     "var": momentum * state["var"] + (1 - momentum) * var}
+        return forward.batch_norm(x, g, b, eps=eps), new_state, None
+
+    def backward_(params, x, residual, dy):
+        stats = () if residual is None else residual
+        dx, dgamma, dbeta = backward.batch_norm(dy, x, params["gamma"], params["beta"], *stats,
+                                                eps=eps)
+        return dx, {"gamma": dgamma, "beta": dbeta}
+
+    return Layer(name, init, apply, backward_)
+
+
+# ----------------------------------------------------------------------------- without parameters
+def Dropout(rate: float, *, name: str = "dropout") -> Layer:
+    """Inverted dropout: in training each element is zeroed with probability `rate` and the rest
+    scaled by 1 / (1 - rate); evaluation is the identity. The backward reuses the forward's mask:
+    dx = dy * mask / (1 - rate)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"Dropout {name!r}: rate is the drop probability and must be in "
+                         f"[0, 1); got {rate}")
+
+    def init(key, in_shape, dtype):
+        return in_shape, {}, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        if not train or rate == 0.0:
+            return x, state, None
+        if key is None:
+            raise ValueError(f"Dropout {name!r}: training needs a PRNG key; pass key=...")
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0), state, keep
+
+    def backward_(params, x, keep, dy):
+        return (dy if keep is None else jnp.where(keep, dy / (1.0 - rate), 0)), {}
+
+    return Layer(name, init, apply, backward_)
+
+
+def Flatten(*, name: str = "flatten") -> Layer:
+    """(H, W, C) -> (H * W * C,), row-major (seed 000's F = Flatten(P1))."""
+    return _no_params(name, forward.flatten, backward.flatten)
+
+
+def MaxPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
+            padding: Padding = "VALID", *, name: str = "maxpool") -> Layer:
+    """Max pooling; stride None means = window."""
+    return _no_params(name, forward.max_pool, backward.max_pool, window=window, stride=stride,
+                      padding=padding)
+
+
+def AvgPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
+            padding: Padding = "VALID", *, count_include_pad: bool = True,
+            name: str = "avgpool") -> Layer:
+    """Average pooling; stride None means = window."""
+    return _no_params(name, forward.avg_pool, backward.avg_pool, window=window, stride=stride,
+                      padding=padding, count_include_pad=count_include_pad)
+
+
+def L2Pool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
+           padding: Padding = "VALID", *, name: str = "l2pool") -> Layer:
+    """L2-norm pooling; stride None means = window."""
+    return _no_params(name, forward.l2_pool, backward.l2_pool, window=window, stride=stride,
+                      padding=padding)
+
+
+def ReLU(*, name: str = "relu") -> Layer:
+    return _no_params(name, forward.relu, backward.relu)
+
+
+def LeakyReLU(negative_slope: float = 0.01, *, name: str = "leaky_relu") -> Layer:
+    return _no_params(name, forward.leaky_relu, backward.leaky_relu,
+                      negative_slope=negative_slope)
+
+
+def Sigmoid(*, name: str = "sigmoid") -> Layer:
+    return _no_params(name, forward.sigmoid, backward.sigmoid)
+
+
+def Tanh(*, name: str = "tanh") -> Layer:
+    return _no_params(name, forward.tanh, backward.tanh)
