@@ -283,7 +283,8 @@ def softmax(dy: Array, x: Array, axis: int = -1) -> Array:
 
 # ----------------------------------------------------------------------------- normalization
 def batch_norm(dy: Array, x: Array, gamma: Array, beta: Array, mean: Array | None = None,
-               var: Array | None = None, *, eps: float = 1e-5) -> tuple[Array, Array, Array]:
+               var: Array | None = None, *, eps: float = 1e-5,
+               axis_name: str | None = None) -> tuple[Array, Array, Array]:
     """Gradients of `forward.batch_norm`: (dx (x's shape), dgamma (C,), dbeta (C,)).
 
     With `x_hat = (x - mu) / sigma`, `sigma = sqrt(var + eps)` and sums over the M = N*H*W
@@ -294,13 +295,18 @@ def batch_norm(dy: Array, x: Array, gamma: Array, beta: Array, mean: Array | Non
       evaluation (running averages, constants): dx = gamma * dy / sigma.
 
     mean and var are running statistics, not parameters: no gradient is returned for them.
+
+    With `axis_name` (data parallel, equal shards of a global batch, each device holding the
+    gradient of its own shard's mean loss), the statistics and the two sums in dx are averaged
+    over the devices: `dx = gamma / (m sigma) * (m dy - pmean(sum dy) - x_hat pmean(sum dy x_hat))`
+    with m the local count, which is the global rule scaled as the local losses are.
     """
     _checks.batch_norm("backward.batch_norm", x, gamma, beta, mean, var)
     _upstream("backward.batch_norm", dy, x, tuple(x.shape), "x")
     axes = tuple(range(x.ndim - 1))
     training = mean is None
     if training:
-        mean, var = forward.moments(x)
+        mean, var = forward.moments(x, axis_name=axis_name)
     inv_sigma = lax.rsqrt(var + eps)
     x_hat = (x - mean) * inv_sigma
     dbeta = jnp.sum(dy, axes)
@@ -308,7 +314,9 @@ def batch_norm(dy: Array, x: Array, gamma: Array, beta: Array, mean: Array | Non
     if not training:
         return gamma * inv_sigma * dy, dgamma, dbeta
     m = x.size // x.shape[-1]
-    dx = gamma * inv_sigma / m * (m * dy - dbeta - x_hat * dgamma)
+    sum_dy, sum_dy_xhat = ((dbeta, dgamma) if axis_name is None else
+                           (lax.pmean(dbeta, axis_name), lax.pmean(dgamma, axis_name)))
+    dx = gamma * inv_sigma / m * (m * dy - sum_dy - x_hat * sum_dy_xhat)
     return dx, dgamma, dbeta
 
 

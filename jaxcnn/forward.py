@@ -174,26 +174,34 @@ def softmax(x: Array, axis: int = -1) -> Array:
 
 
 # ----------------------------------------------------------------------------- normalization
-def moments(x: Array) -> tuple[Array, Array]:
+def _mean(x: Array, axes: tuple[int, ...], axis_name: str | None) -> Array:
+    """The mean over `axes`, and over the devices of a mapped `axis_name` (equal shards)."""
+    m = jnp.mean(x, axes)
+    return m if axis_name is None else lax.pmean(m, axis_name)
+
+
+def moments(x: Array, *, axis_name: str | None = None) -> tuple[Array, Array]:
     """Per-channel mean and (biased) variance over every axis but the last: x (N, ..., C) ->
-    two (C,) arrays."""
+    two (C,) arrays. With `axis_name` (inside shard_map / pmap), over the whole global batch."""
     _float("moments", x)
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axes)
-    return mean, jnp.mean(jnp.square(x - mean), axes)
+    mean = _mean(x, axes, axis_name)
+    return mean, _mean(jnp.square(x - mean), axes, axis_name)
 
 
 def batch_norm(x: Array, gamma: Array, beta: Array, mean: Array | None = None,
-               var: Array | None = None, *, eps: float = 1e-5) -> Array:
+               var: Array | None = None, *, eps: float = 1e-5,
+               axis_name: str | None = None) -> Array:
     """Batch normalization (seed 003): `y = gamma * (x - mu) / sqrt(var + eps) + beta`, per channel.
 
     Training: mean and var None, so mu and var are the batch's own statistics over N (and H, W),
     and the gradient flows through them. Evaluation: the given running averages, as constants.
-    x: (N, ..., C); gamma, beta, mean, var: (C,). Returns y with x's shape.
+    x: (N, ..., C); gamma, beta, mean, var: (C,). Returns y with x's shape. With `axis_name`,
+    training uses the statistics of the global batch sharded over that mapped axis.
     """
     _checks.batch_norm("batch_norm", x, gamma, beta, mean, var)
     if mean is None:
-        mean, var = moments(x)
+        mean, var = moments(x, axis_name=axis_name)
     return gamma * (x - mean) * lax.rsqrt(var + eps) + beta
 
 

@@ -21,10 +21,11 @@ Array = jax.Array
 
 def manual_value_and_grad(model: Network, params: Params, x: Array, y: Array, *,
                           state: State | None = None, train: bool = False,
-                          key: Array | None = None) -> tuple[Array, Params, tuple[State, Array]]:
+                          key: Array | None = None, axis_name: str | None = None,
+                          ) -> tuple[Array, Params, tuple[State, Array]]:
     """(loss, grads, (new state, logits)) by the hand-written backward pass."""
     model.check_labels(x, y)
-    trace = model.forward(params, x, state=state, train=train, key=key)
+    trace = model.forward(params, x, state=state, train=train, key=key, axis_name=axis_name)
     logits = trace.activations[-1]
     grads, _ = model.backprop(params, trace, y)
     return model.head.loss(logits, y), grads, (trace.state, logits)

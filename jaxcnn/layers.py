@@ -4,10 +4,11 @@
         in_shape, out_shape: the shape of one example, without the batch axis, e.g. (H, W, C);
         params: a dict of named trainable arrays ({} for layers without any);
         state: a dict of named non-trainable arrays (BatchNorm's running averages), else {}.
-    apply(params, state, x, *, train, key) -> (y, state, residual)
+    apply(params, state, x, *, train, key, axis_name) -> (y, state, residual)
         x: (N, *in_shape) -> y: (N, *out_shape). `key` is this layer's PRNG key (Dropout uses it
-        in training). `residual` is whatever backward needs besides x: Dropout's mask, the
-        statistics BatchNorm normalised with; None for most layers.
+        in training); `axis_name` names the mapped device axis in data-parallel training
+        (BatchNorm's statistics span it). `residual` is whatever backward needs besides x:
+        Dropout's mask, how BatchNorm normalised; None for most layers.
     backward(params, x, residual, dy) -> (dx, grads)
         The hand-written rule: dy = dL/dy (N, *out_shape) -> dx = dL/dx, and grads = dL/dparams
         with exactly the keys of params. Built from `jaxcnn.backward` only.
@@ -51,7 +52,7 @@ def _no_params(name: str, fwd: Callable, bwd: Callable, **opts: Any) -> Layer:
     def init(key, in_shape, dtype):
         return _out_shape(lambda x: fwd(x, **opts), in_shape, dtype), {}, {}
 
-    def apply(params, state, x, *, train=False, key=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return fwd(x, **opts), state, None
 
     def backward_(params, x, residual, dy):
@@ -79,7 +80,7 @@ def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
         out = _out_shape(lambda x, w: forward.conv2d(x, w, **opts), in_shape, dtype, w)
         return out, params, {}
 
-    def apply(params, state, x, *, train=False, key=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return forward.conv2d(x, params["w"], params.get("b"), **opts), state, None
 
     def backward_(params, x, residual, dy):
@@ -104,7 +105,7 @@ def Dense(features: int, *, use_bias: bool = True,
         params = {"w": w, "b": jnp.zeros((features,), dtype)} if use_bias else {"w": w}
         return (features,), params, {}
 
-    def apply(params, state, x, *, train=False, key=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return forward.dense(x, params["w"], params.get("b")), state, None
 
     def backward_(params, x, residual, dy):
@@ -130,20 +131,21 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
         params = {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
         return in_shape, params, {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
 
-    def apply(params, state, x, *, train=False, key=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         g, b = params["gamma"], params["beta"]
         if not train:
-            stats = (state["mean"], state["var"])
-            return forward.batch_norm(x, g, b, *stats, eps=eps), state, stats
-        mean, var = forward.moments(x)
+            stats = {"mean": state["mean"], "var": state["var"]}
+            return forward.batch_norm(x, g, b, **stats, eps=eps), state, stats
+        mean, var = forward.moments(x, axis_name=axis_name)
         new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
                      "var": momentum * state["var"] + (1 - momentum) * var}
-        return forward.batch_norm(x, g, b, eps=eps), new_state, None
+        y = forward.batch_norm(x, g, b, eps=eps, axis_name=axis_name)
+        return y, new_state, {"axis_name": axis_name}
 
     def backward_(params, x, residual, dy):
-        stats = () if residual is None else residual
-        dx, dgamma, dbeta = backward.batch_norm(dy, x, params["gamma"], params["beta"], *stats,
-                                                eps=eps)
+        # residual: the running statistics used (evaluation), or the device axis (training)
+        dx, dgamma, dbeta = backward.batch_norm(dy, x, params["gamma"], params["beta"],
+                                                **residual, eps=eps)
         return dx, {"gamma": dgamma, "beta": dbeta}
 
     return Layer(name, init, apply, backward_)
@@ -161,7 +163,7 @@ def Dropout(rate: float, *, name: str = "dropout") -> Layer:
     def init(key, in_shape, dtype):
         return in_shape, {}, {}
 
-    def apply(params, state, x, *, train=False, key=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         if not train or rate == 0.0:
             return x, state, None
         if key is None:

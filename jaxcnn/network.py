@@ -118,11 +118,13 @@ class Network:
                              f"[{vals.min()}, {vals.max()}]")
 
     def forward(self, params: Params, x: Array, *, state: State | None = None,
-                train: bool = False, key: Array | None = None) -> Trace:
+                train: bool = False, key: Array | None = None,
+                axis_name: str | None = None) -> Trace:
         """Run every layer and keep what the backward pass needs.
 
         x: (N, H, W, C). state: None means the initial state. train: batch statistics for
-        BatchNorm and active Dropout (which then needs `key`).
+        BatchNorm and active Dropout (which then needs `key`). axis_name: the mapped device
+        axis of data-parallel training, over which BatchNorm's batch statistics are taken.
         """
         self.check_input(x)
         if state is None:
@@ -131,7 +133,7 @@ class Network:
         for i, layer in enumerate(self.layers):
             k = None if key is None else jax.random.fold_in(key, i)
             y, s, r = layer.apply(params.get(layer.name, {}), state.get(layer.name, {}), acts[-1],
-                                  train=train, key=k)
+                                  train=train, key=k, axis_name=axis_name)
             acts.append(y)
             residuals.append(r)
             if s:

@@ -1,0 +1,89 @@
+"""Figures of a training run, drawn with matplotlib's Agg backend (no display needed).
+
+    curves.png      loss and accuracy per epoch, train and test
+    filters.png     the learned first-layer convolution filters
+    grad_norms.png  every layer's gradient norm over the steps (log scale): seed 003's vanishing
+                    and exploding gradients, made visible
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """metrics.jsonl -> (step records, epoch records)."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return ([r for r in records if r["kind"] == "step"],
+            [r for r in records if r["kind"] == "epoch"])
+
+
+def curves(epochs: list[dict], path: str | Path) -> Path:
+    """Loss (left) and accuracy (right) per epoch, train and test."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    e = [r["epoch"] for r in epochs]
+    for split in ("train", "test"):
+        ax_loss.plot(e, [r[f"{split}_loss"] for r in epochs], marker=".", label=split)
+        ax_acc.plot(e, [r[f"{split}_accuracy"] for r in epochs], marker=".", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def filters(w: Any, path: str | Path) -> Path:
+    """The first convolution's filters, w (kh, kw, C_in, C_out): one panel per output channel
+    (the first input channel shown), sharing one symmetric colour scale."""
+    w = np.asarray(w, np.float64)
+    n = w.shape[-1]
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    vmax = np.abs(w).max() or 1.0
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(w[:, :, 0, i], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            ax.set_title(f"filter {i}", fontsize=8)
+    fig.suptitle("first-layer filters")
+    return _save(fig, path)
+
+
+def grad_norms(steps: list[dict], path: str | Path) -> Path:
+    """Each layer's gradient norm against the step, log scale."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    s = [r["step"] for r in steps]
+    for layer in steps[0]["layer_grad_norms"] if steps else []:
+        ax.plot(s, [max(r["layer_grad_norms"][layer], 1e-30) for r in steps], label=layer)
+    ax.set(xlabel="step", ylabel="||dL/dparams||", yscale="log", title="gradient norm per layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_run(out: str | Path, first_conv_w: Any | None) -> list[Path]:
+    """All three figures of the run in `out` (filters.png only given the first convolution's
+    kernel); returns the paths written."""
+    out = Path(out)
+    steps, epochs = read_metrics(out / "metrics.jsonl")
+    written = [curves(epochs, out / "curves.png"), grad_norms(steps, out / "grad_norms.png")]
+    if first_conv_w is not None:
+        written.append(filters(first_conv_w, out / "filters.png"))
+    return written
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
