@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import _checks, forward
+from jaxcnn import _checks, conv_gemm, forward
 from jaxcnn._checks import Padding
 from jaxcnn.forward import HIGHEST, rot180
 
@@ -38,9 +38,12 @@ def _upstream(fn: str, dy: Any, like: Array, shape: tuple[int, ...], what: str) 
 
 
 # ----------------------------------------------------------------------------- convolution
+IMPLS = ("conv", "gemm", "auto")
+
+
 def conv2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
            padding: Padding = "VALID", dilation: int | tuple[int, int] = 1, groups: int = 1,
-           precision: Any = HIGHEST) -> tuple[Array, Array, Array]:
+           precision: Any = HIGHEST, impl: str = "conv") -> tuple[Array, Array, Array]:
     """Gradients of `forward.conv2d(x, w, b)`.
 
     dy: (N, O_h, O_w, C_out); x: (N, H, W, C_in); w: (kh, kw, C_in // groups, C_out).
@@ -50,11 +53,28 @@ def conv2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
            and its in/out channels swapped (seed 002: "a convolution with the flipped kernel");
       dw = the correlation of x with dy (seed 000: `dW1 = conv(X, dZ1)`);
       db = dy summed over N, H, W (seed 000: `dB1 = sum(dZ1)`), returned even without a bias.
+
+    impl: "conv" (default) computes dx and dw as the `lax.conv_general_dilated` calls below;
+    "gemm" as one matrix product per kernel offset (`jaxcnn.conv_gemm`); "auto" picks, for dx
+    and dw separately, the form measured faster for this backend and shape
+    (`conv_gemm.prefer_gemm`). All three give the same sums, in different orders.
     """
-    g = _checks.conv("backward.conv2d", x, w, stride, padding, dilation, groups)
-    _upstream("backward.conv2d", dy, x, g.out_shape, "the forward output")
-    return (_conv_dx(dy, w, g, precision), _conv_dw(x, dy, g, precision),
-            jnp.sum(dy, axis=(0, 1, 2)))
+    return _conv_grads("backward.conv2d", dy, x, w, stride, padding, dilation, groups,
+                       precision, impl)
+
+
+def _conv_grads(fn: str, dy: Array, x: Array, w: Array, stride: Any, padding: Padding,
+                dilation: Any, groups: int, precision: Any,
+                impl: str) -> tuple[Array, Array, Array]:
+    g = _checks.conv(fn, x, w, stride, padding, dilation, groups)
+    _upstream(fn, dy, x, g.out_shape, "the forward output")
+    if impl not in IMPLS:
+        raise ValueError(f"{fn}: impl must be one of {', '.join(IMPLS)}; got {impl!r}")
+    gemm = {k: impl == "gemm" or (impl == "auto" and conv_gemm.prefer_gemm(g, k))
+            for k in ("dx", "dw")}
+    dx = conv_gemm.dx(dy, w, g, precision) if gemm["dx"] else _conv_dx(dy, w, g, precision)
+    dw = conv_gemm.dw(x, dy, g, precision) if gemm["dw"] else _conv_dw(x, dy, g, precision)
+    return dx, dw, jnp.sum(dy, axis=(0, 1, 2))
 
 
 def xla_may_abort(win: _checks.Window) -> bool:
@@ -122,17 +142,18 @@ def _conv_dw(x: Array, dy: Array, g: _checks.Conv, precision: Any = HIGHEST) -> 
 
 def convolve2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
                padding: Padding = "VALID", dilation: int | tuple[int, int] = 1,
-               groups: int = 1, precision: Any = HIGHEST) -> tuple[Array, Array, Array]:
+               groups: int = 1, precision: Any = HIGHEST,
+               impl: str = "conv") -> tuple[Array, Array, Array]:
     """Gradients of the true convolution `forward.convolve2d(x, w, b)`; shapes as `conv2d`.
 
     The convolution is `conv2d` with `rot180(w)`, so dx is the correlation's dx taken with
     rot180(w) (a correlation of dy with w itself), and dw is rot180 of the correlation's dw
     (seed 003's `dL/dF = dL/dO * rot180(I)` read the other way round).
     """
-    g = _checks.conv("backward.convolve2d", x, w, stride, padding, dilation, groups)
-    _upstream("backward.convolve2d", dy, x, g.out_shape, "the forward output")
-    return (_conv_dx(dy, rot180(w), g, precision), rot180(_conv_dw(x, dy, g, precision)),
-            jnp.sum(dy, axis=(0, 1, 2)))
+    _checks.array("backward.convolve2d", "w", w, 4, "(kh, kw, C_in // groups, C_out) (HWIO)")
+    dx, dw, db = _conv_grads("backward.convolve2d", dy, x, rot180(w), stride, padding, dilation,
+                             groups, precision, impl)
+    return dx, rot180(dw), db
 
 
 # ----------------------------------------------------------------------------- dense, flatten

@@ -22,12 +22,13 @@ Array = jax.Array
 def manual_value_and_grad(model: Network, params: Params, x: Array, y: Array, *,
                           state: State | None = None, train: bool = False,
                           key: Array | None = None, axis_name: str | None = None,
-                          ) -> tuple[Array, Params, tuple[State, Array]]:
-    """(loss, grads, (new state, logits)) by the hand-written backward pass."""
+                          impl: str = "conv") -> tuple[Array, Params, tuple[State, Array]]:
+    """(loss, grads, (new state, logits)) by the hand-written backward pass; `impl` is the
+    formulation of the convolution gradients ("conv", "gemm" or "auto")."""
     model.check_labels(x, y)
     trace = model.forward(params, x, state=state, train=train, key=key, axis_name=axis_name)
     logits = trace.activations[-1]
-    grads, _ = model.backprop(params, trace, y)
+    grads, _ = model.backprop(params, trace, y, impl=impl)
     return model.head.loss(logits, y), grads, (trace.state, logits)
 
 
@@ -35,7 +36,7 @@ def manual_grad(model: Network, params: Params, x: Array, y: Array,
                 **kw: Any) -> tuple[Array, Params]:
     """(loss, dL/dparams) by the hand-written backward pass. x: (N, H, W, C); y: (N,).
 
-    Keywords as `Network.forward`: state, train, key (Dropout's key in training).
+    Keywords as `Network.forward`: state, train, key (Dropout's key in training); and impl.
     """
     loss, grads, _ = manual_value_and_grad(model, params, x, y, **kw)
     return loss, grads
@@ -90,7 +91,7 @@ class LeafDiff(NamedTuple):
     path: str
     shape: tuple[int, ...]
     max_abs: float   # max |a - b|
-    max_rel: float   # max |a - b| / max |b|
+    max_rel: float   # max |a - b| / max(max |b|, 1e-30)
     cosine: float    # <a, b> / (|a| |b|)
 
 
@@ -108,8 +109,7 @@ def compare(a: Any, b: Any) -> list[LeafDiff]:
         diff = float(np.abs(va - vb).max(initial=0.0))
         scale = float(np.abs(vb).max(initial=0.0))
         norm = float(np.linalg.norm(va) * np.linalg.norm(vb))
-        rows.append(LeafDiff(jax.tree_util.keystr(path), la.shape, diff,
-                             diff / scale if scale > 0 else diff,
+        rows.append(LeafDiff(jax.tree_util.keystr(path), la.shape, diff, diff / max(scale, 1e-30),
                              float(np.dot(va, vb) / norm) if norm > 0 else float(diff == 0)))
     return rows
 

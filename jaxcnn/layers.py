@@ -9,11 +9,14 @@
         in training); `axis_name` names the mapped device axis in data-parallel training
         (BatchNorm's statistics span it). `residual` is whatever backward needs besides x:
         Dropout's mask, how BatchNorm normalised; None for most layers.
-    backward(params, x, residual, dy) -> (dx, grads)
+    backward(params, x, residual, dy, *, impl) -> (dx, grads)
         The hand-written rule: dy = dL/dy (N, *out_shape) -> dx = dL/dx, and grads = dL/dparams
-        with exactly the keys of params. Built from `jaxcnn.backward` only.
+        with exactly the keys of params. Built from `jaxcnn.backward` only. `impl` picks the
+        formulation of convolution gradients ("conv", "gemm", "auto"; see backward.conv2d).
 
-A `Layer` bundles the three with a name; `jaxcnn.network.Network` chains them.
+A `Layer` bundles the three with a name and a `spec` (its constructor and options, for tools that
+rebuild the network elsewhere, such as the PyTorch twin of the benchmark); `jaxcnn.network.Network`
+chains them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Layer(NamedTuple):
     init: Callable[..., tuple[Shape, dict, dict]]
     apply: Callable[..., tuple[Array, dict, Any]]
     backward: Callable[..., tuple[Array, dict]]
+    spec: dict = {}  # noqa: RUF012  the constructor and its options, e.g. {"kind": "MaxPool", ...}
 
 
 def _out_shape(fn: Callable, in_shape: Shape, dtype: Any, *args: Any) -> Shape:
@@ -46,7 +50,7 @@ def _out_shape(fn: Callable, in_shape: Shape, dtype: Any, *args: Any) -> Shape:
     return tuple(jax.eval_shape(fn, x, *args).shape[1:])
 
 
-def _no_params(name: str, fwd: Callable, bwd: Callable, **opts: Any) -> Layer:
+def _no_params(kind: str, name: str, fwd: Callable, bwd: Callable, **opts: Any) -> Layer:
     """A layer without parameters: y = fwd(x, **opts), dx = bwd(dy, x, **opts)."""
 
     def init(key, in_shape, dtype):
@@ -55,10 +59,10 @@ def _no_params(name: str, fwd: Callable, bwd: Callable, **opts: Any) -> Layer:
     def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return fwd(x, **opts), state, None
 
-    def backward_(params, x, residual, dy):
+    def backward_(params, x, residual, dy, *, impl="conv"):
         return bwd(dy, x, **opts), {}
 
-    return Layer(name, init, apply, backward_)
+    return Layer(name, init, apply, backward_, {"kind": kind, **opts})
 
 
 # ----------------------------------------------------------------------------- with parameters
@@ -83,11 +87,13 @@ def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
     def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return forward.conv2d(x, params["w"], params.get("b"), **opts), state, None
 
-    def backward_(params, x, residual, dy):
-        dx, dw, db = backward.conv2d(dy, x, params["w"], **opts)
+    def backward_(params, x, residual, dy, *, impl="conv"):
+        dx, dw, db = backward.conv2d(dy, x, params["w"], **opts, impl=impl)
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
-    return Layer(name, init, apply, backward_)
+    spec = {"kind": "Conv2D", "features": features, "kernel": (kh, kw), "use_bias": use_bias,
+            **opts}
+    return Layer(name, init, apply, backward_, spec)
 
 
 def Dense(features: int, *, use_bias: bool = True,
@@ -108,11 +114,12 @@ def Dense(features: int, *, use_bias: bool = True,
     def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return forward.dense(x, params["w"], params.get("b")), state, None
 
-    def backward_(params, x, residual, dy):
+    def backward_(params, x, residual, dy, *, impl="conv"):
         dx, dw, db = backward.dense(dy, x, params["w"])
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
-    return Layer(name, init, apply, backward_)
+    return Layer(name, init, apply, backward_,
+                 {"kind": "Dense", "features": features, "use_bias": use_bias})
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnorm") -> Layer:
@@ -126,13 +133,17 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"BatchNorm {name!r}: momentum must be in [0, 1); got {momentum}")
 
+    def initial_state(c, dtype):
+        return {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
+
     def init(key, in_shape, dtype):
         c = in_shape[-1]
         params = {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
-        return in_shape, params, {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
+        return in_shape, params, initial_state(c, dtype)
 
     def apply(params, state, x, *, train=False, key=None, axis_name=None):
         g, b = params["gamma"], params["beta"]
+        state = state or initial_state(x.shape[-1], x.dtype)
         if not train:
             stats = {"mean": state["mean"], "var": state["var"]}
             return forward.batch_norm(x, g, b, **stats, eps=eps), state, stats
@@ -142,13 +153,14 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
         y = forward.batch_norm(x, g, b, eps=eps, axis_name=axis_name)
         return y, new_state, {"axis_name": axis_name}
 
-    def backward_(params, x, residual, dy):
+    def backward_(params, x, residual, dy, *, impl="conv"):
         # residual: the running statistics used (evaluation), or the device axis (training)
         dx, dgamma, dbeta = backward.batch_norm(dy, x, params["gamma"], params["beta"],
                                                 **residual, eps=eps)
         return dx, {"gamma": dgamma, "beta": dbeta}
 
-    return Layer(name, init, apply, backward_)
+    return Layer(name, init, apply, backward_,
+                 {"kind": "BatchNorm", "momentum": momentum, "eps": eps})
 
 
 # ----------------------------------------------------------------------------- without parameters
@@ -171,51 +183,51 @@ def Dropout(rate: float, *, name: str = "dropout") -> Layer:
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0), state, keep
 
-    def backward_(params, x, keep, dy):
+    def backward_(params, x, keep, dy, *, impl="conv"):
         return (dy if keep is None else jnp.where(keep, dy / (1.0 - rate), 0)), {}
 
-    return Layer(name, init, apply, backward_)
+    return Layer(name, init, apply, backward_, {"kind": "Dropout", "rate": rate})
 
 
 def Flatten(*, name: str = "flatten") -> Layer:
     """(H, W, C) -> (H * W * C,), row-major (seed 000's F = Flatten(P1))."""
-    return _no_params(name, forward.flatten, backward.flatten)
+    return _no_params("Flatten", name, forward.flatten, backward.flatten)
 
 
 def MaxPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
             padding: Padding = "VALID", *, name: str = "maxpool") -> Layer:
     """Max pooling; stride None means = window."""
-    return _no_params(name, forward.max_pool, backward.max_pool, window=window, stride=stride,
-                      padding=padding)
+    return _no_params("MaxPool", name, forward.max_pool, backward.max_pool, window=window,
+                      stride=stride, padding=padding)
 
 
 def AvgPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
             padding: Padding = "VALID", *, count_include_pad: bool = True,
             name: str = "avgpool") -> Layer:
     """Average pooling; stride None means = window."""
-    return _no_params(name, forward.avg_pool, backward.avg_pool, window=window, stride=stride,
-                      padding=padding, count_include_pad=count_include_pad)
+    return _no_params("AvgPool", name, forward.avg_pool, backward.avg_pool, window=window,
+                      stride=stride, padding=padding, count_include_pad=count_include_pad)
 
 
 def L2Pool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
            padding: Padding = "VALID", *, name: str = "l2pool") -> Layer:
     """L2-norm pooling; stride None means = window."""
-    return _no_params(name, forward.l2_pool, backward.l2_pool, window=window, stride=stride,
-                      padding=padding)
+    return _no_params("L2Pool", name, forward.l2_pool, backward.l2_pool, window=window,
+                      stride=stride, padding=padding)
 
 
 def ReLU(*, name: str = "relu") -> Layer:
-    return _no_params(name, forward.relu, backward.relu)
+    return _no_params("ReLU", name, forward.relu, backward.relu)
 
 
 def LeakyReLU(negative_slope: float = 0.01, *, name: str = "leaky_relu") -> Layer:
-    return _no_params(name, forward.leaky_relu, backward.leaky_relu,
+    return _no_params("LeakyReLU", name, forward.leaky_relu, backward.leaky_relu,
                       negative_slope=negative_slope)
 
 
 def Sigmoid(*, name: str = "sigmoid") -> Layer:
-    return _no_params(name, forward.sigmoid, backward.sigmoid)
+    return _no_params("Sigmoid", name, forward.sigmoid, backward.sigmoid)
 
 
 def Tanh(*, name: str = "tanh") -> Layer:
-    return _no_params(name, forward.tanh, backward.tanh)
+    return _no_params("Tanh", name, forward.tanh, backward.tanh)

@@ -61,10 +61,14 @@ class Network:
             raise ValueError(f"{name}: layer names must be unique; got {names}")
         self.name, self.layers, self.head = name, tuple(layers), head
         self.input_shape = tuple(input_shape)
-        _, state0, shapes = self._init(jax.random.key(0), jnp.float32)
-        self._state0 = jax.tree.map(np.asarray, state0)  # constants, whatever the key
+        # shapes (and every layer's options, checked) without computing anything
+        shapes = jax.eval_shape(lambda k: self._init(k, jnp.float32)[2], jax.random.key(0))
         self.output_shape = tuple(shapes[-1].shape)
         self.shapes = [tuple(s.shape) for s in shapes]  # per layer output, one example
+        # one compiled program per dtype initialises every layer (not one per random op)
+        self._jit_init = jax.jit(lambda k, dtype: self._init(k, dtype)[0], static_argnums=1)
+        self._jit_state = jax.jit(lambda dtype: self._init(jax.random.key(0), dtype)[1],
+                                  static_argnums=0)  # the random params are dead code here
         if head is BINARY and self.output_shape != (1,):
             raise ValueError(f"{name}: a binary head needs one logit; got {self.output_shape}")
         self.num_classes = 2 if head is BINARY else self.output_shape[0]
@@ -83,11 +87,11 @@ class Network:
 
     def init(self, key: Array, dtype: Any = jnp.float32) -> Params:
         """Fresh parameters: {layer name: {"w": ..., "b": ...}} for every layer that has any."""
-        return self._init(key, dtype)[0]
+        return self._jit_init(key, jnp.dtype(dtype))
 
     def init_state(self, dtype: Any = jnp.float32) -> State:
         """The initial network state ({} without BatchNorm): running mean 0, variance 1."""
-        return jax.tree.map(lambda a: jnp.asarray(a, dtype), self._state0)
+        return self._jit_state(jnp.dtype(dtype))
 
     def num_params(self, params: Params) -> int:
         return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
@@ -122,13 +126,13 @@ class Network:
                 axis_name: str | None = None) -> Trace:
         """Run every layer and keep what the backward pass needs.
 
-        x: (N, H, W, C). state: None means the initial state. train: batch statistics for
+        x: (N, H, W, C). state: None means the initial state (a layer given no state starts
+        from its initial one). train: batch statistics for
         BatchNorm and active Dropout (which then needs `key`). axis_name: the mapped device
         axis of data-parallel training, over which BatchNorm's batch statistics are taken.
         """
         self.check_input(x)
-        if state is None:
-            state = self.init_state(x.dtype)
+        state = {} if state is None else state
         acts, residuals, new_state = [x], [], {}
         for i, layer in enumerate(self.layers):
             k = None if key is None else jax.random.fold_in(key, i)
@@ -157,8 +161,11 @@ class Network:
         return self.loss_and_aux(params, x, y, **kw)[0]
 
     # ------------------------------------------------------------------ backward
-    def backprop(self, params: Params, trace: Trace, y: Array) -> tuple[Params, list[Array]]:
+    def backprop(self, params: Params, trace: Trace, y: Array,
+                 impl: str = "conv") -> tuple[Params, list[Array]]:
         """The manual backward pass: (grads with params' structure, deltas).
+
+        impl: the formulation of the convolution gradients ("conv", "gemm" or "auto").
 
         deltas[i] is dL/d(activations[i]): deltas[-1] the loss delta on the logits, deltas[0]
         the gradient with respect to the input images.
@@ -168,7 +175,7 @@ class Network:
         deltas, grads = [delta], {}
         for layer, x, res in zip(reversed(self.layers), reversed(acts[:-1]),
                                  reversed(trace.residuals)):
-            delta, g = layer.backward(params.get(layer.name, {}), x, res, delta)
+            delta, g = layer.backward(params.get(layer.name, {}), x, res, delta, impl=impl)
             deltas.append(delta)
             if layer.name in params:
                 grads[layer.name] = g

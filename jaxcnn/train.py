@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcnn import grads as grads_lib
+from jaxcnn.backward import IMPLS
 from jaxcnn.network import BINARY, Network, Params, State
 
 Array = jax.Array
@@ -67,14 +68,18 @@ def layer_norms(g: Params) -> dict[str, Array]:
     return {name: optax.tree_utils.tree_norm(leaf) for name, leaf in g.items()}
 
 
-def value_and_grad(model: Network, grad: str) -> Callable[..., tuple[Array, Params, Any]]:
-    """(params, state, x, y, key, train) -> (loss, grads, (state, logits)), manual or autodiff."""
+def value_and_grad(model: Network, grad: str,
+                   impl: str = "conv") -> Callable[..., tuple[Array, Params, Any]]:
+    """(params, state, x, y, key, train) -> (loss, grads, (state, logits)), manual (with the
+    convolution gradients in formulation `impl`) or autodiff."""
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}; got {grad!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
 
     def manual(params, state, x, y, key, train):
         return grads_lib.manual_value_and_grad(model, params, x, y, state=state, train=train,
-                                               key=key)
+                                               key=key, impl=impl)
 
     def autodiff(params, state, x, y, key, train):
         (loss, aux), g = jax.value_and_grad(model.loss_and_aux, has_aux=True)(
@@ -85,11 +90,12 @@ def value_and_grad(model: Network, grad: str) -> Callable[..., tuple[Array, Para
 
 
 def make_train_step(model: Network, optimizer: optax.GradientTransformation,
-                    grad: str = "manual", *, donate: bool = True) -> Callable:
+                    grad: str = "manual", *, impl: str = "conv", donate: bool = True) -> Callable:
     """A jitted step `(params, state, opt_state, (x, y), key) -> (params, state, opt_state,
-    metrics)`; x: (B, H, W, C), y: (B,). With `donate`, the old params, state and optimizer
-    state buffers are reused for the new ones (do not use them after the call)."""
-    vg = value_and_grad(model, grad)
+    metrics)`; x: (B, H, W, C), y: (B,). `impl` is the formulation of the manual convolution
+    gradients. With `donate`, the old params, state and optimizer state buffers are reused for
+    the new ones (do not use them after the call)."""
+    vg = value_and_grad(model, grad, impl)
 
     def step(params, state, opt_state, batch, key):
         x, y = batch

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import checkpoint, data, grads, models, plots, train
+from jaxcnn.backward import IMPLS
 from jaxcnn.network import BINARY, Network
 
 CHECKPOINT = "checkpoint.npz"
@@ -41,6 +42,7 @@ class TrainConfig:
     model: str = "lenet5-digits"
     data: str = "digits"
     grad: str = "manual"
+    impl: str = "conv"
     optimizer: str = "adam"
     lr: float = 2e-3
     schedule: str = "cosine"
@@ -50,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     check_grads: bool = False
+    devices: int | None = None
     log_every: int = 10
 
     def validate(self) -> None:
@@ -59,6 +62,8 @@ class TrainConfig:
                              f"{', '.join(models.MODELS)}")
         if self.grad not in train.GRADS:
             raise ValueError(f"--grad must be one of {', '.join(train.GRADS)}; got {self.grad!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"--impl must be one of {', '.join(IMPLS)}; got {self.impl!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"--dtype must be float32 or float64; got {self.dtype!r}")
         for name in ("batch_size", "epochs", "log_every"):
@@ -166,7 +171,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bo
                                 jax.random.fold_in(dropout_key, step), cfg.dtype)
         log(f"--check-grads: manual == autodiff on the first batch (max rel diff {worst:.1e})")
 
-    step_fn = train.make_train_step(model, optimizer, cfg.grad)
+    step_fn = train.make_train_step(model, optimizer, cfg.grad, impl=cfg.impl)
     eval_step = train.make_eval_step(model)
     started, summary = time.perf_counter(), {}
     with open(out / "metrics.jsonl", "a") as metrics_file:

@@ -1,0 +1,248 @@
+"""`jaxcnn bench`: the jitted train step with manual and with autodiff gradients, side by side.
+
+Shared machines are noisy and slow down under sustained load, so every figure is measured
+interleaved: in each round every variant runs one short block of steps (the order rotates from
+round to round) with a rest between blocks, and ratios are taken round by round, within the same
+round, then summarised by their median and spread. Figures from different runs are never mixed.
+
+Reported per network: median and min-max step time, images/s, jit compile time, XLA's temporary
+memory for the step, the manual/autodiff ratio (and manual/torch with `--against torch`),
+achieved GFLOP/s (convolution and dense FLOPs of the step) against a float32 matmul peak measured
+in the same run, and per-example gradients: vmap of the manual backward, vmap of jax.grad, a
+Python loop of jitted single-example gradients, and the batch gradient they should cost about as
+much as.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import grads, models, train
+from jaxcnn.network import BINARY, Network
+
+NETWORKS = (("seed", 1), ("seed", 1024), ("lenet5", 128), ("cifar", 64), ("deep", 64))
+
+
+# ----------------------------------------------------------------------------- what a step costs
+def step_flops(model: Network, batch: int) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one training step's convolutions and dense layers:
+    the forward, dW, and dX of every layer but the first (whose dX nobody needs)."""
+    total, shape = 0, model.input_shape
+    for i, (layer, out) in enumerate(zip(model.layers, model.shapes)):
+        spec = layer.spec
+        if spec.get("kind") == "Conv2D":
+            kh, kw = spec["kernel"]
+            fwd = 2 * batch * int(np.prod(out)) * kh * kw * shape[-1] // spec["groups"]
+        elif spec.get("kind") == "Dense":
+            fwd = 2 * batch * shape[0] * spec["features"]
+        else:
+            fwd = 0
+        total += fwd * (2 if i == 0 else 3)
+        shape = out
+    return total
+
+
+def matmul_peak(n: int = 2048, rounds: int = 5) -> float:
+    """GFLOP/s of a float32 n x n matmul at HIGHEST precision (median of rounds)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / float(np.median(times)) / 1e9
+
+
+# ----------------------------------------------------------------------------- interleaving
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 7, block_s: float = 0.25,
+                rest_s: float = 0.1) -> dict[str, list[float]]:
+    """Seconds per call of each function, one value per round. Each function is first warmed
+    up, then sized to a block of ~block_s; rounds rotate the order of the functions."""
+    sizes = {}
+    for name, f in fns.items():
+        jax.block_until_ready(f())
+        t0 = time.perf_counter()
+        jax.block_until_ready(f())
+        sizes[name] = max(1, int(block_s / max(time.perf_counter() - t0, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            f, n = fns[name], sizes[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                out = f()
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - t0) / n)
+            time.sleep(rest_s)
+    return times
+
+
+def summarise(times: list[float]) -> dict[str, float]:
+    return {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * min(times),
+            "max_ms": 1e3 * max(times)}
+
+
+def ratios(a: list[float], b: list[float]) -> dict[str, float]:
+    """Per-round a/b: median, min and max."""
+    r = np.asarray(a) / np.asarray(b)
+    return {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max())}
+
+
+# ----------------------------------------------------------------------------- one network
+def _batch(model: Network, n: int) -> tuple[Any, Any]:
+    x = jax.random.normal(jax.random.key(1), (n, *model.input_shape), jnp.float32)
+    y = (jnp.asarray(np.arange(n) % 2, jnp.float32) if model.head is BINARY
+         else jnp.asarray(np.arange(n) % model.num_classes, jnp.int32))
+    return x, y
+
+
+def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
+                  against_torch: bool = False, per_example: bool = True,
+                  rounds: int = 7) -> dict[str, Any]:
+    """Every figure for one network at one batch size (see the module docstring)."""
+    model = models.get(name)
+    opt = train.make_optimizer("sgd", 1e-3)
+    params, state = model.init(jax.random.key(0)), model.init_state()
+    opt_state = opt.init(params)
+    x, y = _batch(model, batch)
+    key = jax.random.key(2)
+    variants = {f"manual[{impl}]": ("manual", impl) for impl in impls}
+    variants["autodiff"] = ("autodiff", "conv")
+    result: dict[str, Any] = {"network": name, "batch": batch, "variants": {}}
+    fns = {}
+    for label, (grad, impl) in variants.items():
+        step = train.make_train_step(model, opt, grad, impl=impl, donate=False)
+        args = (params, state, opt_state, (x, y), key)
+        t0 = time.perf_counter()
+        compiled = step.lower(*args).compile()
+        compile_s = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        result["variants"][label] = {"compile_s": compile_s,
+                                     "temp_bytes": getattr(mem, "temp_size_in_bytes", None)}
+        fns[label] = lambda compiled=compiled, args=args: compiled(*args)
+    if against_torch:
+        from jaxcnn.bench_torch import make_torch_step
+        fns["torch"] = make_torch_step(model, batch)
+        result["variants"]["torch"] = {}
+    times = interleaved(fns, rounds=rounds)
+    flops = step_flops(model, batch)
+    for label, t in times.items():
+        med = float(np.median(t))
+        result["variants"][label].update(
+            summarise(t), images_per_s=batch / med, gflops=flops / med / 1e9)
+    result["flops"] = flops
+    base = times["autodiff"]
+    for label in times:
+        if label != "autodiff":
+            result["variants"][label]["vs_autodiff"] = ratios(times[label], base)
+        if "torch" in times and label != "torch":
+            result["variants"][label]["vs_torch"] = ratios(times[label], times["torch"])
+    if per_example:
+        result["per_example"] = bench_per_example(model, params, x, y, rounds=rounds)
+    return result
+
+
+def bench_per_example(model: Network, params: Any, x: Any, y: Any,
+                      rounds: int = 5) -> dict[str, Any]:
+    """Per-example gradients three ways, against the batch gradient (evaluation mode)."""
+    batch_grad = jax.jit(lambda p, x, y: grads.manual_grad(model, p, x, y)[1])
+    vmap_manual = jax.jit(lambda p, x, y: train.per_example_grads(model, p, x, y))
+
+    def one_autodiff(p, xi, yi):
+        return jax.grad(model.loss)(p, xi[None], yi[None])
+
+    vmap_autodiff = jax.jit(jax.vmap(one_autodiff, in_axes=(None, 0, 0)))
+    single = jax.jit(lambda p, xi, yi: grads.manual_grad(model, p, xi, yi)[1])
+    xs, ys = [x[i:i + 1] for i in range(len(x))], [y[i:i + 1] for i in range(len(y))]
+
+    def loop():
+        return [single(params, xi, yi) for xi, yi in zip(xs, ys)]
+
+    fns = {"batch": lambda: batch_grad(params, x, y), "vmap_manual": lambda: vmap_manual(
+        params, x, y), "vmap_autodiff": lambda: vmap_autodiff(params, x, y), "loop": loop}
+    times = interleaved(fns, rounds=rounds)
+    out = {k: summarise(t) for k, t in times.items()}
+    out["vmap_manual_vs_vmap_autodiff"] = ratios(times["vmap_manual"], times["vmap_autodiff"])
+    out["vmap_manual_vs_batch"] = ratios(times["vmap_manual"], times["batch"])
+    out["loop_vs_vmap_manual"] = ratios(times["loop"], times["vmap_manual"])
+    return out
+
+
+# ----------------------------------------------------------------------------- the whole run
+def machine() -> dict[str, Any]:
+    dev = jax.devices()[0]
+    return {"backend": jax.default_backend(), "device": getattr(dev, "device_kind", str(dev)),
+            "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def run(networks: tuple[tuple[str, int], ...] = NETWORKS, *, impls: tuple[str, ...] = ("conv",),
+        against_torch: bool = False, per_example: bool = True, rounds: int = 7,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    result = {"machine": machine(), "matmul_peak_gflops": matmul_peak(), "networks": []}
+    log(f"float32 matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s")
+    for name, batch in networks:
+        log(f"benchmarking {name} at batch {batch} ...")
+        result["networks"].append(bench_network(name, batch, impls=impls,
+                                                against_torch=against_torch,
+                                                per_example=per_example, rounds=rounds))
+    return result
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The run as markdown tables: train steps, then per-example gradients."""
+    m, peak = result["machine"], result["matmul_peak_gflops"]
+    lines = [f"Machine: {m['device']} ({m['backend']}), {m['cores']} cores, jax {m['jax']}; "
+             f"float32 matmul peak {peak:.1f} GFLOP/s (same run).", "",
+             "| network | batch | variant | median ms (min-max) | images/s | compile s | "
+             "temp MB | GFLOP/s (% peak) | vs autodiff: median (min-max) | vs torch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for net in result["networks"]:
+        for label, v in net["variants"].items():
+            mem = v.get("temp_bytes")
+            cells = [net["network"], str(net["batch"]), label,
+                     f"{v['median_ms']:.3f} ({v['min_ms']:.3f}-{v['max_ms']:.3f})",
+                     f"{v['images_per_s']:.0f}",
+                     f"{v['compile_s']:.2f}" if "compile_s" in v else "-",
+                     f"{mem / 2**20:.1f}" if mem is not None else "-",
+                     f"{v['gflops']:.1f} ({100 * v['gflops'] / peak:.0f}%)",
+                     _ratio(v.get("vs_autodiff")), _ratio(v.get("vs_torch"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    if any("per_example" in n for n in result["networks"]):
+        lines += ["", "| network | batch | batch grad ms | vmap manual ms | vmap jax.grad ms | "
+                  "loop ms | vmap manual / vmap jax.grad | vmap manual / batch | "
+                  "loop / vmap manual |", "|---|---|---|---|---|---|---|---|---|"]
+        for net in result["networks"]:
+            pe = net.get("per_example")
+            if pe:
+                lines.append("| " + " | ".join([
+                    net["network"], str(net["batch"]), f"{pe['batch']['median_ms']:.3f}",
+                    f"{pe['vmap_manual']['median_ms']:.3f}",
+                    f"{pe['vmap_autodiff']['median_ms']:.3f}", f"{pe['loop']['median_ms']:.1f}",
+                    _ratio(pe["vmap_manual_vs_vmap_autodiff"]),
+                    _ratio(pe["vmap_manual_vs_batch"]), _ratio(pe["loop_vs_vmap_manual"])]) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(r: dict[str, float] | None) -> str:
+    return "-" if r is None else f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def save(result: dict[str, Any], json_path: str, md_path: str | None = None) -> None:
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(to_markdown(result) + "\n")
