@@ -1,5 +1,9 @@
 """Property tests: conv2d and pooling backward over hundreds of random configurations (float64).
 
+Every configuration checks both formulations of the convolution gradients, impl="conv" (the
+lax.conv_general_dilated rules) and impl="gemm" (one GEMM per kernel offset); impl="auto" picks
+one of the two per gradient.
+
 References: the NumPy oracle in tests/reference.py for every configuration, and `jax.vjp` of the
 forward for every configuration except those where XLA:CPU (jaxlib 0.10.x) aborts the process when
 it compiles the gradient (`backward.xla_may_abort`: an axis with kernel 2, stride 2, dilation 1;
@@ -83,25 +87,30 @@ def test_conv2d_backward_sweep(cfg, seed):
     kw = cfg["kw"]
     g = _checks.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
     dy = rng.standard_normal(g.out_shape)
-    dx, dw, db = jax.jit(lambda dy, x, w: backward.conv2d(dy, x, w, **kw))(dy, x, w)
-
+    # both formulations in one compiled program: the default convolutions and the GEMMs
+    by_impl = jax.jit(lambda dy, x, w: {impl: backward.conv2d(dy, x, w, **kw, impl=impl)
+                                        for impl in ("conv", "gemm")})(dy, x, w)
     ref = conv2d_grads(dy, x, w, g.win.stride, g.win.pads, g.win.dilation, g.groups)
-    for name, got, want in zip(("dx", "dw", "db"), (dx, dw, db), ref):
-        assert_close(got, want, RTOL, f"{name} vs NumPy oracle")
+    for impl, grads in by_impl.items():
+        for name, got, want in zip(("dx", "dw", "db"), grads, ref):
+            assert_close(got, want, RTOL, f"{impl} {name} vs NumPy oracle")
 
     if backward.xla_may_abort(g.win):
         event("XLA trap configuration: jax.vjp skipped, oracle only")
     else:
         _, pullback = jax.vjp(lambda x, w: forward.conv2d(x, w, **kw), x, w)
-        for name, got, want in zip(("dx", "dw"), (dx, dw), jax.jit(pullback)(dy)):
-            assert_close(got, want, RTOL, f"{name} vs jax.vjp")
+        auto = jax.jit(pullback)(dy)
+        for impl, grads in by_impl.items():
+            for name, got, want in zip(("dx", "dw"), grads, auto):
+                assert_close(got, want, RTOL, f"{impl} {name} vs jax.vjp")
 
     for axis in (0, 1):
         unread = _unread(g.win, axis)
         if unread.any():
             event("input rows the stride skips")
-            skipped = np.take(np.asarray(dx), np.flatnonzero(unread), axis=axis + 1)
-            assert not skipped.any(), "rows the forward never read must get exactly zero"
+            for impl, (dx, _, _) in by_impl.items():
+                skipped = np.take(np.asarray(dx), np.flatnonzero(unread), axis=axis + 1)
+                assert not skipped.any(), f"{impl}: rows never read must get exactly zero"
 
 
 @st.composite
