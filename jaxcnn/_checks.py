@@ -280,3 +280,17 @@ def batch_norm(fn: str, x: Any, gamma: Any, beta: Any, mean: Any, var: Any) -> N
             array(fn, name, v, 1, "(C,)")
             same_dtype(fn, x=x, **{name: v})
             shape_is(fn, name, v, (shape[-1],), "one value per channel of x")
+
+
+IMPLS = ("conv", "gemm", "auto")
+
+
+def impl(fn: str, value: str, g: Conv, which: str) -> bool:
+    """Check a convolution's `impl` ("conv", "gemm", "auto") and say whether `which` ("forward",
+    "dx", "dw") runs as per-offset products (True) or as an XLA convolution (False)."""
+    if value not in IMPLS:
+        raise ValueError(f"{fn}: impl must be one of {', '.join(IMPLS)}; got {value!r}")
+    if value == "auto":
+        from jaxcnn import conv_gemm  # the measured rule lives beside the formulation
+        return conv_gemm.prefer_gemm(g, which)
+    return value == "gemm"

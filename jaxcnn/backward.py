@@ -38,9 +38,6 @@ def _upstream(fn: str, dy: Any, like: Array, shape: tuple[int, ...], what: str) 
 
 
 # ----------------------------------------------------------------------------- convolution
-IMPLS = ("conv", "gemm", "auto")
-
-
 def conv2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
            padding: Padding = "VALID", dilation: int | tuple[int, int] = 1, groups: int = 1,
            precision: Any = HIGHEST, impl: str = "conv") -> tuple[Array, Array, Array]:
@@ -68,12 +65,10 @@ def _conv_grads(fn: str, dy: Array, x: Array, w: Array, stride: Any, padding: Pa
                 impl: str) -> tuple[Array, Array, Array]:
     g = _checks.conv(fn, x, w, stride, padding, dilation, groups)
     _upstream(fn, dy, x, g.out_shape, "the forward output")
-    if impl not in IMPLS:
-        raise ValueError(f"{fn}: impl must be one of {', '.join(IMPLS)}; got {impl!r}")
-    gemm = {k: impl == "gemm" or (impl == "auto" and conv_gemm.prefer_gemm(g, k))
-            for k in ("dx", "dw")}
-    dx = conv_gemm.dx(dy, w, g, precision) if gemm["dx"] else _conv_dx(dy, w, g, precision)
-    dw = conv_gemm.dw(x, dy, g, precision) if gemm["dw"] else _conv_dw(x, dy, g, precision)
+    dx = (conv_gemm.dx(dy, w, g, precision) if _checks.impl(fn, impl, g, "dx")
+          else _conv_dx(dy, w, g, precision))
+    dw = (conv_gemm.dw(x, dy, g, precision) if _checks.impl(fn, impl, g, "dw")
+          else _conv_dw(x, dy, g, precision))
     return dx, dw, jnp.sum(dy, axis=(0, 1, 2))
 
 

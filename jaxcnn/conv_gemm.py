@@ -1,16 +1,17 @@
-"""The convolution gradients as shifted matrix products: the `impl="gemm"` alternative.
+"""Convolutions and their gradients as shifted matrix products: the `impl="gemm"` formulation.
 
 For each kernel offset (m, p) the forward reads one strided "tap" of the padded input,
 `x_tap[n, i, j, c] = x_pad[n, i*s + m*d, j*s + p*d, c]`, so that
 
-    y    = sum_{m,p} x_tap(m, p) @ w[m, p]               (N*O_h*O_w, C_in) @ (C_in, C_out)
-    dW[m, p] = x_tap(m, p)^T @ dy                        one (C_in, C_out) GEMM per offset
-    dx   = sum_{m,p} spread_{m,p}(dy @ w[m, p]^T)         the adjoint of taking the tap
+    y        = sum_{m,p} x_tap(m, p) @ w[m, p]            (N*O_h*O_w, C_in) @ (C_in, C_out)
+    dW[m, p] = x_tap(m, p)^T @ dy                         one (C_in, C_out) GEMM per offset
+    dx       = sum_{m,p} spread_{m,p}(dy @ w[m, p]^T)     the adjoint of taking the tap
 
-With groups, each product is batched over the groups. These are the same sums as the
-`lax.conv_general_dilated` rules in `jaxcnn.backward`, in another order; XLA:CPU runs them on its
-matrix-multiply kernels, which for few channels beat its convolution kernels (see
-experiments/PERFORMANCE.md). `prefer_gemm` is the `impl="auto"` rule measured there.
+With groups, each product is batched over the groups. Where every group has a single input
+channel (C_in = 1, or depthwise) the products degenerate to broadcast multiplies and sums, which
+XLA fuses into one loop. These are the sums of `jaxcnn.forward.conv2d` and of the
+`lax.conv_general_dilated` rules in `jaxcnn.backward`, in another order. `prefer_gemm` is the
+`impl="auto"` rule, measured in experiments/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -26,12 +27,26 @@ from jaxcnn import _checks
 Array = jax.Array
 
 
+def _padded(x: Array, win: _checks.Window) -> Array:
+    return jnp.pad(x, ((0, 0), *win.pads, (0, 0)))
+
+
 def _tap(xp: Array, m: int, p: int, win: _checks.Window) -> Array:
     """x_pad[n, i*s + m*d, j*s + p*d, :] for every output (i, j): (N, O_h, O_w, C)."""
     n, _, _, c = xp.shape
-    (sh, sw), (dh, dw), (oh, ow) = win.stride, win.dilation, win.spread
-    return lax.slice(xp, (0, m * dh, p * dw, 0), (n, m * dh + oh, p * dw + ow, c),
+    (sh, sw), (dh, dw_), (oh, ow) = win.stride, win.dilation, win.spread
+    return lax.slice(xp, (0, m * dh, p * dw_, 0), (n, m * dh + oh, p * dw_ + ow, c),
                      (1, sh, sw, 1))
+
+
+def _offsets(win: _checks.Window) -> list[tuple[int, int]]:
+    return [(m, p) for m in range(win.size[0]) for p in range(win.size[1])]
+
+
+def _per_output_channel(t: Array, g: _checks.Conv) -> Array:
+    """A one-channel-per-group tap (..., C_in) repeated to line up with the outputs (..., C_out):
+    output channel o reads input channel o // (C_out / groups)."""
+    return jnp.repeat(t, g.c_out // g.groups, axis=-1) if g.c_in > 1 else t
 
 
 def _grouped(a: Array, groups: int) -> Array:
@@ -39,61 +54,76 @@ def _grouped(a: Array, groups: int) -> Array:
     return a.reshape(-1, groups, a.shape[-1] // groups)
 
 
+def forward(x: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
+    """y = conv2d(x, w) without bias: (N, O_h, O_w, C_out), one product per kernel offset."""
+    xp, out = _padded(x, g.win), None
+    for m, p in _offsets(g.win):
+        t = _tap(xp, m, p, g.win)
+        if g.c_in == g.groups:  # one input channel per group: broadcast multiply
+            v = _per_output_channel(t, g) * w[m, p, 0]
+        elif g.groups == 1:
+            v = jnp.matmul(t, w[m, p], precision=precision)
+        else:  # (M, G, C_in/G) x (C_in/G, G, C_out/G) -> (M, G, C_out/G)
+            v = lax.dot_general(_grouped(t, g.groups), w[m, p].reshape(-1, g.groups,
+                                                                      g.c_out // g.groups),
+                                (((2,), (0,)), ((1,), (1,))), precision=precision)
+            v = v.transpose(1, 0, 2).reshape(*t.shape[:3], g.c_out)
+        out = v if out is None else out + v
+    return out
+
+
 def dw(x: Array, dy: Array, g: _checks.Conv, precision: Any) -> Array:
-    """dW of conv2d: (kh, kw, C_in // groups, C_out), one GEMM per kernel offset."""
-    win = g.win
-    xp = jnp.pad(x, ((0, 0), *win.pads, (0, 0)))
-    taps = []
-    for m in range(win.size[0]):
-        for p in range(win.size[1]):
-            t = _tap(xp, m, p, win)
-            if g.groups == 1:  # (C_in, M) @ (M, C_out)
-                taps.append(jnp.matmul(t.reshape(-1, t.shape[-1]).T,
-                                       dy.reshape(-1, dy.shape[-1]), precision=precision))
-            else:  # per group: (C_in/G, M) @ (M, C_out/G) -> (C_in/G, G * C_out/G)
-                prod = lax.dot_general(_grouped(t, g.groups), _grouped(dy, g.groups),
-                                       (((0,), (0,)), ((1,), (1,))), precision=precision)
-                taps.append(prod.transpose(1, 0, 2).reshape(prod.shape[1], -1))
-    return jnp.stack(taps).reshape(*win.size, *taps[0].shape)
+    """dW of conv2d: (kh, kw, C_in // groups, C_out), one product per kernel offset."""
+    xp, taps = _padded(x, g.win), []
+    for m, p in _offsets(g.win):
+        t = _tap(xp, m, p, g.win)
+        if g.c_in == g.groups:  # sum_{n,i,j} x_tap * dy, channel by channel
+            taps.append(jnp.sum(_per_output_channel(t, g) * dy, axis=(0, 1, 2))[None])
+        elif g.groups == 1:  # (C_in, M) @ (M, C_out)
+            taps.append(jnp.matmul(t.reshape(-1, g.c_in).T, dy.reshape(-1, g.c_out),
+                                   precision=precision))
+        else:  # per group: (C_in/G, M) @ (M, C_out/G) -> (C_in/G, G * C_out/G)
+            prod = lax.dot_general(_grouped(t, g.groups), _grouped(dy, g.groups),
+                                   (((0,), (0,)), ((1,), (1,))), precision=precision)
+            taps.append(prod.transpose(1, 0, 2).reshape(prod.shape[1], -1))
+    return jnp.stack(taps).reshape(*g.win.size, *taps[0].shape)
 
 
 def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
     """dx of conv2d: (N, H, W, C_in); each offset's `dy @ w[m, p]^T` spread back over the input
     rows that offset read (lax.pad with interior padding s - 1; negative pads crop the padding)."""
-    win = g.win
-    n, (h, wd) = dy.shape[0], win.in_hw
-    out = None
-    for m in range(win.size[0]):
-        for p in range(win.size[1]):
-            if g.groups == 1:
-                v = jnp.matmul(dy, w[m, p].T, precision=precision)
-            else:  # (M, G, C_out/G) x (C_in/G, G, C_out/G) -> (M, G, C_in/G)
-                wg = w[m, p].reshape(w.shape[2], g.groups, -1)
-                v = lax.dot_general(_grouped(dy, g.groups), wg, (((2,), (2,)), ((1,), (1,))),
-                                    precision=precision)
-                v = v.transpose(1, 0, 2).reshape(*dy.shape[:3], -1)
-            cfg = [(0, 0, 0)]
-            for off, s, d, (lo, _), size, o_s in zip((m, p), win.stride, win.dilation, win.pads,
-                                                      (h, wd), win.spread):
-                start = off * d - lo  # input row of this offset's first tap
-                cfg.append((start, size - start - o_s, s - 1))
-            v = lax.pad(v, jnp.zeros((), v.dtype), [*cfg, (0, 0, 0)])
-            out = v if out is None else out + v
-    assert out is not None and out.shape == (n, h, wd, w.shape[2] * g.groups)
+    win, out = g.win, None
+    for m, p in _offsets(win):
+        if g.c_in == g.groups:  # sum over each group's outputs of dy * w
+            v = (dy * w[m, p, 0]).reshape(*dy.shape[:3], g.c_in, -1).sum(-1)
+        elif g.groups == 1:
+            v = jnp.matmul(dy, w[m, p].T, precision=precision)
+        else:  # (M, G, C_out/G) x (C_in/G, G, C_out/G) -> (M, G, C_in/G)
+            wg = w[m, p].reshape(w.shape[2], g.groups, -1)
+            v = lax.dot_general(_grouped(dy, g.groups), wg, (((2,), (2,)), ((1,), (1,))),
+                                precision=precision)
+            v = v.transpose(1, 0, 2).reshape(*dy.shape[:3], g.c_in)
+        cfg = [(0, 0, 0)]
+        for off, s, d, (lo, _), size, o_s in zip((m, p), win.stride, win.dilation, win.pads,
+                                                  win.in_hw, win.spread):
+            start = off * d - lo  # the input row this offset's first tap reads
+            cfg.append((start, size - start - o_s, s - 1))
+        v = lax.pad(v, jnp.zeros((), v.dtype), [*cfg, (0, 0, 0)])
+        out = v if out is None else out + v
     return out
 
 
 def prefer_gemm(g: _checks.Conv, which: str) -> bool:
-    """The `impl="auto"` rule: GEMMs on the CPU where they measured faster, else convolutions.
+    """The `impl="auto"` rule: products per offset where they measured faster on the CPU, XLA's
+    convolutions elsewhere (and on GPUs and TPUs, whose convolution libraries are kept).
 
-    Measured (experiments/PERFORMANCE.md) on XLA:CPU, jax 0.10.2: the GEMM form of dW wins when
-    each tap's contraction is short in channels (C_in/groups <= 16) but not 1 (a 1-channel tap
-    makes each GEMM a matrix-vector product); the GEMM form of dx wins for C_out/groups <= 32
-    and always for strides > 1, where the convolution form needs an lhs dilation XLA:CPU runs on
-    a slow path. Elsewhere (GPUs, TPUs) the convolution libraries are kept.
+    which: "forward", "dx" or "dw". See experiments/PERFORMANCE.md for the measurements.
     """
     if jax.default_backend() != "cpu":
         return False
+    c_in, c_out = g.c_in // g.groups, g.c_out // g.groups
+    if which == "forward":
+        return c_in == 1
     if which == "dw":
-        return 2 <= g.c_in // g.groups <= 16
-    return g.c_out // g.groups <= 32 or max(g.win.stride) > 1
+        return c_in <= 16
+    return c_out <= 32 or max(g.win.stride) > 1

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn import _checks
+from jaxcnn import _checks, conv_gemm
 from jaxcnn._checks import Padding
 
 Array = jax.Array
@@ -34,7 +34,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- convolution
 def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[int, int] = 1,
            padding: Padding = "VALID", dilation: int | tuple[int, int] = 1, groups: int = 1,
-           precision: Any = HIGHEST) -> Array:
+           precision: Any = HIGHEST, impl: str = "conv") -> Array:
     """2-D cross-correlation, what deep learning calls convolution (seed 002's Eq. for x^l).
 
     `y[n, i, j, o] = b[o] + sum_{m, p, c} x_pad[n, i*s + m*d, j*s + p*d, g*C_in/groups + c]
@@ -47,13 +47,18 @@ def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[in
       stride, dilation: int or (h, w) pair, >= 1.
       padding: "VALID", "SAME" (as XLA pads), int p, pair (ph, pw) (symmetric per axis, as torch
         reads it), or explicit ((top, bottom), (left, right)).
+      impl: "conv" (`lax.conv_general_dilated`, the default), "gemm" (one product per kernel
+        offset, `jaxcnn.conv_gemm`), or "auto" (the faster of the two for this backend and shape).
     Returns:
       y: (N, O_h, O_w, C_out), `O = (H + lo + hi - k_eff) // s + 1`, `k_eff = (k - 1) * d + 1`.
     """
     g = _checks.conv("conv2d", x, w, stride, padding, dilation, groups, b)
-    y = lax.conv_general_dilated(
-        x, w, g.win.stride, g.win.pads, rhs_dilation=g.win.dilation, dimension_numbers=NHWC,
-        feature_group_count=g.groups, precision=precision)
+    if _checks.impl("conv2d", impl, g, "forward"):
+        y = conv_gemm.forward(x, w, g, precision)
+    else:
+        y = lax.conv_general_dilated(
+            x, w, g.win.stride, g.win.pads, rhs_dilation=g.win.dilation,
+            dimension_numbers=NHWC, feature_group_count=g.groups, precision=precision)
     return y if b is None else y + b
 
 
@@ -65,7 +70,7 @@ def rot180(w: Array) -> Array:
 def convolve2d(x: Array, w: Array, b: Array | None = None, *,
                stride: int | tuple[int, int] = 1, padding: Padding = "VALID",
                dilation: int | tuple[int, int] = 1, groups: int = 1,
-               precision: Any = HIGHEST) -> Array:
+               precision: Any = HIGHEST, impl: str = "conv") -> Array:
     """True 2-D convolution: the cross-correlation `conv2d` with the kernel rotated 180 degrees.
 
     `y[n, i, j, o] = b[o] + sum x_pad[n, i*s + m*d, j*s + p*d, c] * w[kh-1-m, kw-1-p, c, o]`
@@ -74,7 +79,7 @@ def convolve2d(x: Array, w: Array, b: Array | None = None, *,
     """
     _checks.conv("convolve2d", x, w, stride, padding, dilation, groups, b)
     return conv2d(x, rot180(w), b, stride=stride, padding=padding, dilation=dilation,
-                  groups=groups, precision=precision)
+                  groups=groups, precision=precision, impl=impl)
 
 
 # ----------------------------------------------------------------------------- dense, flatten

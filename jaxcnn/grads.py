@@ -24,9 +24,10 @@ def manual_value_and_grad(model: Network, params: Params, x: Array, y: Array, *,
                           key: Array | None = None, axis_name: str | None = None,
                           impl: str = "conv") -> tuple[Array, Params, tuple[State, Array]]:
     """(loss, grads, (new state, logits)) by the hand-written backward pass; `impl` is the
-    formulation of the convolution gradients ("conv", "gemm" or "auto")."""
+    formulation of the convolutions and their gradients ("conv", "gemm" or "auto")."""
     model.check_labels(x, y)
-    trace = model.forward(params, x, state=state, train=train, key=key, axis_name=axis_name)
+    trace = model.forward(params, x, state=state, train=train, key=key, axis_name=axis_name,
+                          impl=impl)
     logits = trace.activations[-1]
     grads, _ = model.backprop(params, trace, y, impl=impl)
     return model.head.loss(logits, y), grads, (trace.state, logits)

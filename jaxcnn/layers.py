@@ -4,10 +4,11 @@
         in_shape, out_shape: the shape of one example, without the batch axis, e.g. (H, W, C);
         params: a dict of named trainable arrays ({} for layers without any);
         state: a dict of named non-trainable arrays (BatchNorm's running averages), else {}.
-    apply(params, state, x, *, train, key, axis_name) -> (y, state, residual)
+    apply(params, state, x, *, train, key, axis_name, impl) -> (y, state, residual)
         x: (N, *in_shape) -> y: (N, *out_shape). `key` is this layer's PRNG key (Dropout uses it
         in training); `axis_name` names the mapped device axis in data-parallel training
-        (BatchNorm's statistics span it). `residual` is whatever backward needs besides x:
+        (BatchNorm's statistics span it); `impl` is the formulation of convolutions ("conv",
+        "gemm", "auto"; see forward.conv2d). `residual` is whatever backward needs besides x:
         Dropout's mask, how BatchNorm normalised; None for most layers.
     backward(params, x, residual, dy, *, impl) -> (dx, grads)
         The hand-written rule: dy = dL/dy (N, *out_shape) -> dx = dL/dx, and grads = dL/dparams
@@ -56,7 +57,7 @@ def _no_params(kind: str, name: str, fwd: Callable, bwd: Callable, **opts: Any) 
     def init(key, in_shape, dtype):
         return _out_shape(lambda x: fwd(x, **opts), in_shape, dtype), {}, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
         return fwd(x, **opts), state, None
 
     def backward_(params, x, residual, dy, *, impl="conv"):
@@ -84,8 +85,8 @@ def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
         out = _out_shape(lambda x, w: forward.conv2d(x, w, **opts), in_shape, dtype, w)
         return out, params, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None):
-        return forward.conv2d(x, params["w"], params.get("b"), **opts), state, None
+    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
+        return forward.conv2d(x, params["w"], params.get("b"), **opts, impl=impl), state, None
 
     def backward_(params, x, residual, dy, *, impl="conv"):
         dx, dw, db = backward.conv2d(dy, x, params["w"], **opts, impl=impl)
@@ -111,7 +112,7 @@ def Dense(features: int, *, use_bias: bool = True,
         params = {"w": w, "b": jnp.zeros((features,), dtype)} if use_bias else {"w": w}
         return (features,), params, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
         return forward.dense(x, params["w"], params.get("b")), state, None
 
     def backward_(params, x, residual, dy, *, impl="conv"):
@@ -141,7 +142,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
         params = {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
         return in_shape, params, initial_state(c, dtype)
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
         g, b = params["gamma"], params["beta"]
         state = state or initial_state(x.shape[-1], x.dtype)
         if not train:
@@ -175,7 +176,7 @@ def Dropout(rate: float, *, name: str = "dropout") -> Layer:
     def init(key, in_shape, dtype):
         return in_shape, {}, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
         if not train or rate == 0.0:
             return x, state, None
         if key is None:

@@ -123,13 +123,14 @@ class Network:
 
     def forward(self, params: Params, x: Array, *, state: State | None = None,
                 train: bool = False, key: Array | None = None,
-                axis_name: str | None = None) -> Trace:
+                axis_name: str | None = None, impl: str = "conv") -> Trace:
         """Run every layer and keep what the backward pass needs.
 
         x: (N, H, W, C). state: None means the initial state (a layer given no state starts
         from its initial one). train: batch statistics for
         BatchNorm and active Dropout (which then needs `key`). axis_name: the mapped device
         axis of data-parallel training, over which BatchNorm's batch statistics are taken.
+        impl: the formulation of the convolutions ("conv", "gemm", "auto").
         """
         self.check_input(x)
         state = {} if state is None else state
@@ -137,7 +138,7 @@ class Network:
         for i, layer in enumerate(self.layers):
             k = None if key is None else jax.random.fold_in(key, i)
             y, s, r = layer.apply(params.get(layer.name, {}), state.get(layer.name, {}), acts[-1],
-                                  train=train, key=k, axis_name=axis_name)
+                                  train=train, key=k, axis_name=axis_name, impl=impl)
             acts.append(y)
             residuals.append(r)
             if s:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcnn import grads as grads_lib
-from jaxcnn.backward import IMPLS
+from jaxcnn._checks import IMPLS
 from jaxcnn.network import BINARY, Network, Params, State
 
 Array = jax.Array
@@ -70,8 +70,9 @@ def layer_norms(g: Params) -> dict[str, Array]:
 
 def value_and_grad(model: Network, grad: str,
                    impl: str = "conv") -> Callable[..., tuple[Array, Params, Any]]:
-    """(params, state, x, y, key, train) -> (loss, grads, (state, logits)), manual (with the
-    convolution gradients in formulation `impl`) or autodiff."""
+    """(params, state, x, y, key, train) -> (loss, grads, (state, logits)), manual or autodiff;
+    `impl` is the formulation of the convolutions ("conv", "gemm", "auto"), forward and, for
+    manual gradients, backward (autodiff differentiates whichever forward it is given)."""
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}; got {grad!r}")
     if impl not in IMPLS:
@@ -83,7 +84,7 @@ def value_and_grad(model: Network, grad: str,
 
     def autodiff(params, state, x, y, key, train):
         (loss, aux), g = jax.value_and_grad(model.loss_and_aux, has_aux=True)(
-            params, x, y, state=state, train=train, key=key)
+            params, x, y, state=state, train=train, key=key, impl=impl)
         return loss, g, aux
 
     return manual if grad == "manual" else autodiff

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import checkpoint, data, grads, models, plots, train
-from jaxcnn.backward import IMPLS
+from jaxcnn._checks import IMPLS
 from jaxcnn.network import BINARY, Network
 
 CHECKPOINT = "checkpoint.npz"

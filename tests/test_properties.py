@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from jaxcnn import _checks, backward, forward
 
 from helpers import assert_close
-from reference import conv2d_grads, max_pool_grad, pool_windows, scatter_windows
+from reference import conv2d, conv2d_grads, max_pool_grad, pool_windows, scatter_windows
 
 RTOL = 1e-9
 
@@ -88,8 +88,11 @@ def test_conv2d_backward_sweep(cfg, seed):
     g = _checks.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
     dy = rng.standard_normal(g.out_shape)
     # both formulations in one compiled program: the default convolutions and the GEMMs
-    by_impl = jax.jit(lambda dy, x, w: {impl: backward.conv2d(dy, x, w, **kw, impl=impl)
-                                        for impl in ("conv", "gemm")})(dy, x, w)
+    by_impl, y_gemm = jax.jit(lambda dy, x, w: (
+        {impl: backward.conv2d(dy, x, w, **kw, impl=impl) for impl in ("conv", "gemm")},
+        forward.conv2d(x, w, **kw, impl="gemm")))(dy, x, w)
+    assert_close(y_gemm, conv2d(x, w, g.win.stride, g.win.pads, g.win.dilation, g.groups), RTOL,
+                 "forward gemm vs NumPy oracle")
     ref = conv2d_grads(dy, x, w, g.win.stride, g.win.pads, g.win.dilation, g.groups)
     for impl, grads in by_impl.items():
         for name, got, want in zip(("dx", "dw", "db"), grads, ref):
