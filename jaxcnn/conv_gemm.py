@@ -25,6 +25,7 @@ from jax import lax
 from jaxcnn import _checks
 
 Array = jax.Array
+BARRIER = False
 
 
 def _padded(x: Array, win: _checks.Window) -> Array:
@@ -114,16 +115,22 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
 
 
 def prefer_gemm(g: _checks.Conv, which: str) -> bool:
-    """The `impl="auto"` rule: products per offset where they measured faster on the CPU, XLA's
-    convolutions elsewhere (and on GPUs and TPUs, whose convolution libraries are kept).
+    """The `impl="auto"` rule: per-offset products where they measured faster inside whole
+    training steps on the CPU, XLA's convolutions elsewhere (and always on GPUs and TPUs, whose
+    convolution libraries are kept).
 
-    which: "forward", "dx" or "dw". See experiments/PERFORMANCE.md for the measurements.
+    which: "forward", "dx" or "dw". Products win where each group has one input channel (the
+    first layer of a grey-scale net, depthwise layers): XLA:CPU runs those convolutions at a few
+    GFLOP/s, the broadcast form fuses into one loop. dx also wins for strides > 1, where the
+    convolution form needs an lhs dilation. Elsewhere, and for dw of a one-channel input, XLA's
+    convolutions win: inside a whole step the products' elementwise tails fuse with their
+    neighbours and recompute them. Measured rule by rule in experiments/PERFORMANCE.md.
     """
     if jax.default_backend() != "cpu":
         return False
-    c_in, c_out = g.c_in // g.groups, g.c_out // g.groups
+    one_channel = g.c_in // g.groups == 1
     if which == "forward":
-        return c_in == 1
+        return one_channel
     if which == "dw":
-        return c_in <= 16
-    return c_out <= 32 or max(g.win.stride) > 1
+        return one_channel and g.c_in > 1
+    return (one_channel and g.c_in > 1) or max(g.win.stride) > 1

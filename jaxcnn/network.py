@@ -22,6 +22,7 @@ from jaxcnn import _checks, backward, forward
 from jaxcnn.layers import Layer
 
 Array = jax.Array
+BARRIER = False
 Params = dict[str, dict[str, Array]]
 State = dict[str, dict[str, Array]]
 

@@ -25,6 +25,10 @@ Array = jax.Array
 Batch = tuple[Array, Array]
 GRADS = ("manual", "autodiff")
 OPTIMIZERS = ("sgd", "momentum", "adam")
+# XLA:CPU's YNNPACK convolutions ran the CNN steps here 1.1-1.5x slower than its Eigen ones
+# (experiments/PERFORMANCE.md); YNNPACK is also the path of openxla/xla#48714. Per compile, not
+# global: other programs in the process keep XLA's defaults.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 SCHEDULES = ("constant", "cosine")
 
 
@@ -107,7 +111,14 @@ def make_train_step(model: Network, optimizer: optax.GradientTransformation,
                    "grad_norm": optax.tree_utils.tree_norm(g), "layer_grad_norms": layer_norms(g)}
         return params, state, opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+    return _jit(step, donate_argnums=(0, 1, 2) if donate else ())
+
+
+def _jit(fn: Callable, **kw: Any) -> Callable:
+    """jax.jit with this project's CPU compiler options (none elsewhere)."""
+    if jax.default_backend() == "cpu":
+        kw["compiler_options"] = CPU_COMPILER_OPTIONS
+    return jax.jit(fn, **kw)
 
 
 def make_eval_step(model: Network) -> Callable:
@@ -118,7 +129,7 @@ def make_eval_step(model: Network) -> Callable:
         loss, (_, logits) = model.loss_and_aux(params, x, y, state=state)
         return {"loss": loss, "accuracy": accuracy(model, logits, y)}
 
-    return jax.jit(evaluate)
+    return _jit(evaluate)
 
 
 def evaluate(model: Network, params: Params, state: State, x: Any, y: Any,
