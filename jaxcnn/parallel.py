@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 from jaxcnn import grads as grads_lib
 from jaxcnn._checks import IMPLS
 from jaxcnn.network import Network
-from jaxcnn.train import GRADS, accuracy, layer_norms
+from jaxcnn.train import GRADS, accuracy, jit_with_options, layer_norms
 
 Array = jax.Array
 AXIS = "data"
@@ -169,4 +169,4 @@ def make_parallel_train_step(model: Network, optimizer: optax.GradientTransforma
         _check_batch(model, x, y, devices)
         return sharded(params, state, opt_state, x, y, key)
 
-    return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+    return jit_with_options(step, donate_argnums=(0, 1, 2) if donate else ())

@@ -67,7 +67,8 @@ def grad_norms(steps: list[dict], path: str | Path) -> Path:
         ax.plot(s, [max(r["layer_grad_norms"][layer], 1e-30) for r in steps], label=layer)
     ax.set(xlabel="step", ylabel="||dL/dparams||", yscale="log", title="gradient norm per layer")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if steps:  # a run shorter than log_every has no step records to draw
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -111,11 +111,12 @@ def make_train_step(model: Network, optimizer: optax.GradientTransformation,
                    "grad_norm": optax.tree_utils.tree_norm(g), "layer_grad_norms": layer_norms(g)}
         return params, state, opt_state, metrics
 
-    return _jit(step, donate_argnums=(0, 1, 2) if donate else ())
+    return jit_with_options(step, donate_argnums=(0, 1, 2) if donate else ())
 
 
-def _jit(fn: Callable, **kw: Any) -> Callable:
-    """jax.jit with this project's CPU compiler options (none elsewhere)."""
+def jit_with_options(fn: Callable, **kw: Any) -> Callable:
+    """`jax.jit` with this project's compiler options on the CPU (`CPU_COMPILER_OPTIONS`), plain
+    `jax.jit` elsewhere."""
     if jax.default_backend() == "cpu":
         kw["compiler_options"] = CPU_COMPILER_OPTIONS
     return jax.jit(fn, **kw)
@@ -129,7 +130,7 @@ def make_eval_step(model: Network) -> Callable:
         loss, (_, logits) = model.loss_and_aux(params, x, y, state=state)
         return {"loss": loss, "accuracy": accuracy(model, logits, y)}
 
-    return _jit(evaluate)
+    return jit_with_options(evaluate)
 
 
 def evaluate(model: Network, params: Params, state: State, x: Any, y: Any,

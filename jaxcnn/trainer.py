@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import checkpoint, data, grads, models, plots, train
+from jaxcnn import checkpoint, data, grads, models, parallel, plots, train
 from jaxcnn._checks import IMPLS
 from jaxcnn.network import BINARY, Network
 
@@ -64,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"--grad must be one of {', '.join(train.GRADS)}; got {self.grad!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"--impl must be one of {', '.join(IMPLS)}; got {self.impl!r}")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"--devices must be >= 1; got {self.devices}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"--dtype must be float32 or float64; got {self.dtype!r}")
         for name in ("batch_size", "epochs", "log_every"):
@@ -78,7 +80,9 @@ class TrainConfig:
                                     total_steps=steps_per_epoch * self.epochs)
 
 
-def _setup(cfg: TrainConfig) -> tuple[Network, data.Dataset]:
+def _setup(cfg: TrainConfig) -> tuple[Network, data.Dataset, Any]:
+    """Check the configuration against the model, the data and the devices; returns the model,
+    the data and the device mesh (None on one device)."""
     cfg.validate()
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -93,7 +97,12 @@ def _setup(cfg: TrainConfig) -> tuple[Network, data.Dataset]:
     if cfg.batch_size > len(ds.x_train):
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the "
                          f"{len(ds.x_train)} training images")
-    return model, ds
+    devices = cfg.devices or len(jax.local_devices())
+    mesh = parallel.make_mesh(devices) if devices > 1 else None
+    if cfg.batch_size % devices:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {devices} "
+                         f"devices it is split over (--devices); use a multiple of {devices}")
+    return model, ds, mesh
 
 
 def check_gradients(model: Network, params: Any, state: Any, x: Any, y: Any, key: Any,
@@ -139,7 +148,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bo
 
     `stop_after_steps` ends the run early, as a crash would, after that many steps (for tests).
     """
-    model, ds = _setup(cfg)
+    model, ds, mesh = _setup(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(cfg.seed)
@@ -171,7 +180,13 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bo
                                 jax.random.fold_in(dropout_key, step), cfg.dtype)
         log(f"--check-grads: manual == autodiff on the first batch (max rel diff {worst:.1e})")
 
-    step_fn = train.make_train_step(model, optimizer, cfg.grad, impl=cfg.impl)
+    if mesh is not None:  # data parallel: the same step over a mesh, params replicated
+        step_fn = parallel.make_parallel_train_step(model, optimizer, mesh, cfg.grad,
+                                                    impl=cfg.impl)
+        params, state, opt_state = parallel.replicate((params, state, opt_state), mesh)
+        log(f"data parallel over {mesh.size} devices")
+    else:
+        step_fn = train.make_train_step(model, optimizer, cfg.grad, impl=cfg.impl)
     eval_step = train.make_eval_step(model)
     started, summary = time.perf_counter(), {}
     with open(out / "metrics.jsonl", "a") as metrics_file:

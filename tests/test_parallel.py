@@ -115,3 +115,20 @@ def test_one_device_step_equals_train_step():
                    parallel.shard_batch((x, y), mesh), jax.random.key(1))
         assert out[3].keys() == ref[3].keys()
         assert max(r.max_rel for r in grads.compare(out, ref)) <= RTOL
+
+
+def test_train_cli_over_four_devices(tmp_path):
+    """`jaxcnn train --devices 4` trains data-parallel; a batch size the devices cannot split
+    is a one-line error with exit status 2."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    base = [sys.executable, "-m", "jaxcnn.cli", "train", "--model", "seed", "--data", "synthetic",
+            "--epochs", "1", "--quiet", "--devices", "4", "--out", str(tmp_path / "run")]
+    ok = subprocess.run([*base, "--batch-size", "16"], env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "data parallel over 4 devices" in ok.stdout
+    bad = subprocess.run([*base, "--batch-size", "30"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2
+    assert "--batch-size 30 is not divisible by the 4 devices" in bad.stderr
