@@ -97,9 +97,16 @@ def value_and_grad(model: Network, grad: str,
 def make_train_step(model: Network, optimizer: optax.GradientTransformation,
                     grad: str = "manual", *, impl: str = "conv", donate: bool = True) -> Callable:
     """A jitted step `(params, state, opt_state, (x, y), key) -> (params, state, opt_state,
-    metrics)`; x: (B, H, W, C), y: (B,). `impl` is the formulation of the manual convolution
-    gradients. With `donate`, the old params, state and optimizer state buffers are reused for
-    the new ones (do not use them after the call)."""
+    metrics)`; x: (B, H, W, C), y: (B,). `impl` is the formulation of the convolutions. With
+    `donate`, the old params, state and optimizer state buffers are reused for the new ones (do
+    not use them after the call). The step is `train_step_fn`, compiled by `jit_with_options`."""
+    return jit_with_options(train_step_fn(model, optimizer, grad, impl=impl),
+                            donate_argnums=(0, 1, 2) if donate else ())
+
+
+def train_step_fn(model: Network, optimizer: optax.GradientTransformation,
+                  grad: str = "manual", *, impl: str = "conv") -> Callable:
+    """The pure, uncompiled train step of `make_train_step`, to jit, vmap or compose yourself."""
     vg = value_and_grad(model, grad, impl)
 
     def step(params, state, opt_state, batch, key):
@@ -111,7 +118,7 @@ def make_train_step(model: Network, optimizer: optax.GradientTransformation,
                    "grad_norm": optax.tree_utils.tree_norm(g), "layer_grad_norms": layer_norms(g)}
         return params, state, opt_state, metrics
 
-    return jit_with_options(step, donate_argnums=(0, 1, 2) if donate else ())
+    return step
 
 
 def jit_with_options(fn: Callable, **kw: Any) -> Callable:
@@ -146,16 +153,19 @@ def evaluate(model: Network, params: Params, state: State, x: Any, y: Any,
 
 
 def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
-                      state: State | None = None) -> Params:
+                      state: State | None = None, impl: str = "gemm") -> Params:
     """Each example's own gradient by the manual backward pass under `vmap` (evaluation mode).
 
     x: (N, H, W, C), y: (N,) -> grads whose leaves have a leading axis N; their mean over N is
-    the batch gradient (the loss is a mean over the batch).
+    the batch gradient (the loss is a mean over the batch). impl defaults to "gemm": under
+    vmap, each example's dW = x_tap^T dy becomes one batched matrix product, where the vmapped
+    convolution becomes a grouped convolution that XLA:CPU runs slowly (experiments/PERFORMANCE.md).
     """
     model.check_input(x)
     model.check_labels(x, y)
 
     def one(xi, yi):
-        return grads_lib.manual_grad(model, params, xi[None], yi[None], state=state)[1]
+        return grads_lib.manual_grad(model, params, xi[None], yi[None], state=state,
+                                     impl=impl)[1]
 
     return jax.vmap(one)(x, y)
