@@ -157,7 +157,7 @@ def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
 def bench_per_example(model: Network, params: Any, x: Any, y: Any,
                       rounds: int = 5) -> dict[str, Any]:
     """Per-example gradients three ways, against the batch gradient (evaluation mode; manual
-    gradients in their fastest formulations: "auto" for the batch, "gemm" under vmap)."""
+    gradients with impl="auto")."""
     batch_grad = jax.jit(lambda p, x, y: grads.manual_grad(model, p, x, y, impl="auto")[1])
     vmap_manual = jax.jit(lambda p, x, y: train.per_example_grads(model, p, x, y))
 

@@ -153,13 +153,13 @@ def evaluate(model: Network, params: Params, state: State, x: Any, y: Any,
 
 
 def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
-                      state: State | None = None, impl: str = "gemm") -> Params:
+                      state: State | None = None, impl: str = "auto") -> Params:
     """Each example's own gradient by the manual backward pass under `vmap` (evaluation mode).
 
     x: (N, H, W, C), y: (N,) -> grads whose leaves have a leading axis N; their mean over N is
-    the batch gradient (the loss is a mean over the batch). impl defaults to "gemm": under
-    vmap, each example's dW = x_tap^T dy becomes one batched matrix product, where the vmapped
-    convolution becomes a grouped convolution that XLA:CPU runs slowly (experiments/PERFORMANCE.md).
+    the batch gradient (the loss is a mean over the batch). impl: the formulation of the
+    convolutions, "auto" by default (under vmap the best choice varies by network: see
+    experiments/PERFORMANCE.md).
     """
     model.check_input(x)
     model.check_labels(x, y)
