@@ -22,9 +22,11 @@ def digits():
     return data.load_digits(dtype=np.float64)
 
 
-def trajectory(grad: str, dtype, steps: int = STEPS, name: str = "lenet5-digits"):
+def trajectory(grad: str, dtype, steps: int = STEPS, name: str = "lenet5-digits",
+               batch: int = 8):
     """`steps` Adam steps from one float64 initialisation (cast to dtype), same batches and
-    dropout keys for every call; returns (losses, params)."""
+    dropout keys for every call; returns (losses, params). Batches of 8 keep the test fast:
+    float64 convolutions have no optimised XLA:CPU kernel."""
     ds, m = digits(), models.get(name)
     opt = train.make_optimizer("adam", 2e-3)
     params = jax.tree.map(lambda a: a.astype(dtype), m.init(jax.random.key(0), jnp.float64))
@@ -32,7 +34,8 @@ def trajectory(grad: str, dtype, steps: int = STEPS, name: str = "lenet5-digits"
     step = train.make_train_step(m, opt, grad)
     losses, epoch = [], 0
     while len(losses) < steps:
-        for xb, yb in data.batches(ds.x_train.astype(dtype), ds.y_train, 32, seed=0, epoch=epoch):
+        for xb, yb in data.batches(ds.x_train.astype(dtype), ds.y_train, batch, seed=0,
+                                   epoch=epoch):
             params, state, opt_state, met = step(params, state, opt_state, (xb, yb),
                                                  jax.random.key(len(losses)))
             losses.append(float(met["loss"]))
