@@ -95,7 +95,7 @@ RULES: dict[str, Callable[[_checks.Conv, str], bool]] = {
 def _step_args(model: Any, batch: int) -> tuple:
     opt = train.make_optimizer("sgd", 1e-3)
     params, state = model.init(jax.random.key(0)), model.init_state()
-    x, y = bench._batch(model, batch)
+    x, y = bench.example_batch(model, batch)
     return opt, (params, state, opt.init(params), (x, y), jax.random.key(2))
 
 

@@ -33,7 +33,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jaxcnn import data, grads, models, train
+from jaxcnn import data, grads, models, plots, train
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "seed_manual_vs_autodiff.png"
@@ -116,11 +116,7 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def table(results: list[dict]) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jaxcnn import data, grads, layers, network, train
+from jaxcnn import data, grads, layers, network, plots, train
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "vanishing_gradients.png"
@@ -175,11 +175,7 @@ def plot(results: list[dict], styles: dict, path: Path, args: argparse.Namespace
     fig.suptitle(f"{args.depth} conv 3x3 SAME x {args.channels} channels + activation, then "
                  f"dense 10, on the 8x8 digits; gradient norms on {args.grad_batch} training "
                  f"images")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def table(results: list[dict]) -> str:

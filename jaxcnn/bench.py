@@ -101,7 +101,8 @@ def ratios(a: list[float], b: list[float]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- one network
-def _batch(model: Network, n: int) -> tuple[Any, Any]:
+def example_batch(model: Network, n: int) -> tuple[Any, Any]:
+    """A fixed random float32 batch of n images for `model`, with valid labels."""
     x = jax.random.normal(jax.random.key(1), (n, *model.input_shape), jnp.float32)
     y = (jnp.asarray(np.arange(n) % 2, jnp.float32) if model.head is BINARY
          else jnp.asarray(np.arange(n) % model.num_classes, jnp.int32))
@@ -116,7 +117,7 @@ def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
     opt = train.make_optimizer("sgd", 1e-3)
     params, state = model.init(jax.random.key(0)), model.init_state()
     opt_state = opt.init(params)
-    x, y = _batch(model, batch)
+    x, y = example_batch(model, batch)
     key = jax.random.key(2)
     variants = {f"manual[{impl}]": ("manual", impl) for impl in impls}
     variants["autodiff"] = ("autodiff", "conv")

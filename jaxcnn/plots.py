@@ -38,7 +38,7 @@ def curves(epochs: list[dict], path: str | Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def filters(w: Any, path: str | Path) -> Path:
@@ -56,7 +56,7 @@ def filters(w: Any, path: str | Path) -> Path:
             ax.imshow(w[:, :, 0, i], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
             ax.set_title(f"filter {i}", fontsize=8)
     fig.suptitle("first-layer filters")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def grad_norms(steps: list[dict], path: str | Path) -> Path:
@@ -69,7 +69,7 @@ def grad_norms(steps: list[dict], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     if steps:  # a run shorter than log_every has no step records to draw
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_run(out: str | Path, first_conv_w: Any | None) -> list[Path]:
@@ -83,8 +83,11 @@ def plot_run(out: str | Path, first_conv_w: Any | None) -> list[Path]:
     return written
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return Path(path)
+    return path
