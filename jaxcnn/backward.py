@@ -11,14 +11,13 @@ against `jax.vjp` of the forward (tests/test_backward.py).
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import _checks, conv_gemm, forward
+from jaxcnn import _checks, _window, conv_gemm, forward
 from jaxcnn._checks import Padding
 from jaxcnn.forward import HIGHEST, rot180
 
@@ -173,27 +172,6 @@ def flatten(dy: Array, x: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------- pooling
-def _offsets(win: _checks.Window) -> list[tuple[int, int]]:
-    """Window offsets (i, j) in row-major order."""
-    return list(itertools.product(range(win.size[0]), range(win.size[1])))
-
-
-def _at_offset(xp: Array, i: int, j: int, win: _checks.Window) -> Array:
-    """The element at offset (i, j) of every window of the padded input xp: (N, O_h, O_w, C)."""
-    n, _, _, c = xp.shape
-    (sh, sw), (oh, ow) = win.stride, win.spread
-    return lax.slice(xp, (0, i, j, 0), (n, i + oh, j + ow, c), (1, sh, sw, 1))
-
-
-def _spread(v: Array, i: int, j: int, win: _checks.Window) -> Array:
-    """The adjoint of `_at_offset`, cropped to the unpadded input: v (N, O_h, O_w, C) goes to
-    rows `o * s + i - lo` (and likewise for columns) of a zero (N, H, W, C) array."""
-    cfg = [(0, 0, 0)]
-    for off, s, (lo, _), h, o_s in zip((i, j), win.stride, win.pads, win.in_hw, win.spread):
-        cfg.append((off - lo, h - (off - lo) - o_s, s - 1))
-    return lax.pad(v, jnp.zeros((), v.dtype), [*cfg, (0, 0, 0)])
-
-
 def _pool_args(fn: str, dy: Array, x: Array, window: Any, stride: Any,
                padding: Padding) -> _checks.Window:
     win = _checks.pool(fn, x, window, stride, padding)
@@ -212,16 +190,16 @@ def max_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
     win = _pool_args("backward.max_pool", dy, x, window, stride, padding)
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in
                                                                  win.pads), (0, 0, 0)])
-    candidates = [_at_offset(xp, i, j, win) for i, j in _offsets(win)]
+    candidates = [_window.tap(xp, i, j, win) for i, j in _window.offsets(win)]
     y = candidates[0]
     for c in candidates[1:]:
         y = jnp.maximum(y, c)
     dx = jnp.zeros_like(x)
     taken = jnp.zeros(y.shape, bool)
-    for (i, j), c in zip(_offsets(win), candidates):
+    for (i, j), c in zip(_window.offsets(win), candidates):
         winner = (c == y) & ~taken
         taken = taken | winner
-        dx = dx + _spread(jnp.where(winner, dy, 0), i, j, win)
+        dx = dx + _window.spread(jnp.where(winner, dy, 0), i, j, win)
     return dx
 
 
@@ -236,8 +214,8 @@ def avg_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
     win = _pool_args("backward.avg_pool", dy, x, window, stride, padding)
     share = dy / _checks.window_counts(win, count_include_pad).astype(dy.dtype)
     dx = jnp.zeros_like(x)
-    for i, j in _offsets(win):
-        dx = dx + _spread(share, i, j, win)
+    for i, j in _window.offsets(win):
+        dx = dx + _window.spread(share, i, j, win)
     return dx
 
 
@@ -252,8 +230,8 @@ def l2_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
     positive = y > 0
     dy_over_y = jnp.where(positive, dy / jnp.where(positive, y, 1), 0)
     spread = jnp.zeros_like(x)
-    for i, j in _offsets(win):
-        spread = spread + _spread(dy_over_y, i, j, win)
+    for i, j in _window.offsets(win):
+        spread = spread + _window.spread(dy_over_y, i, j, win)
     return x * spread
 
 

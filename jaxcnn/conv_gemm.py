@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import _checks
+from jaxcnn import _checks, _window
 
 Array = jax.Array
 BARRIER = False
@@ -30,18 +30,6 @@ BARRIER = False
 
 def _padded(x: Array, win: _checks.Window) -> Array:
     return jnp.pad(x, ((0, 0), *win.pads, (0, 0)))
-
-
-def _tap(xp: Array, m: int, p: int, win: _checks.Window) -> Array:
-    """x_pad[n, i*s + m*d, j*s + p*d, :] for every output (i, j): (N, O_h, O_w, C)."""
-    n, _, _, c = xp.shape
-    (sh, sw), (dh, dw_), (oh, ow) = win.stride, win.dilation, win.spread
-    return lax.slice(xp, (0, m * dh, p * dw_, 0), (n, m * dh + oh, p * dw_ + ow, c),
-                     (1, sh, sw, 1))
-
-
-def _offsets(win: _checks.Window) -> list[tuple[int, int]]:
-    return [(m, p) for m in range(win.size[0]) for p in range(win.size[1])]
 
 
 def _per_output_channel(t: Array, g: _checks.Conv) -> Array:
@@ -58,8 +46,8 @@ def _grouped(a: Array, groups: int) -> Array:
 def forward(x: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
     """y = conv2d(x, w) without bias: (N, O_h, O_w, C_out), one product per kernel offset."""
     xp, out = _padded(x, g.win), None
-    for m, p in _offsets(g.win):
-        t = _tap(xp, m, p, g.win)
+    for m, p in _window.offsets(g.win):
+        t = _window.tap(xp, m, p, g.win)
         if g.c_in == g.groups:  # one input channel per group: broadcast multiply
             v = _per_output_channel(t, g) * w[m, p, 0]
         elif g.groups == 1:
@@ -76,8 +64,8 @@ def forward(x: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
 def dw(x: Array, dy: Array, g: _checks.Conv, precision: Any) -> Array:
     """dW of conv2d: (kh, kw, C_in // groups, C_out), one product per kernel offset."""
     xp, taps = _padded(x, g.win), []
-    for m, p in _offsets(g.win):
-        t = _tap(xp, m, p, g.win)
+    for m, p in _window.offsets(g.win):
+        t = _window.tap(xp, m, p, g.win)
         if g.c_in == g.groups:  # sum_{n,i,j} x_tap * dy, channel by channel
             taps.append(jnp.sum(_per_output_channel(t, g) * dy, axis=(0, 1, 2))[None])
         elif g.groups == 1:  # (C_in, M) @ (M, C_out)
@@ -94,7 +82,7 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
     """dx of conv2d: (N, H, W, C_in); each offset's `dy @ w[m, p]^T` spread back over the input
     rows that offset read (lax.pad with interior padding s - 1; negative pads crop the padding)."""
     win, out = g.win, None
-    for m, p in _offsets(win):
+    for m, p in _window.offsets(win):
         if g.c_in == g.groups:  # sum over each group's outputs of dy * w
             v = (dy * w[m, p, 0]).reshape(*dy.shape[:3], g.c_in, -1).sum(-1)
         elif g.groups == 1:
@@ -104,12 +92,7 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
             v = lax.dot_general(_grouped(dy, g.groups), wg, (((2,), (2,)), ((1,), (1,))),
                                 precision=precision)
             v = v.transpose(1, 0, 2).reshape(*dy.shape[:3], g.c_in)
-        cfg = [(0, 0, 0)]
-        for off, s, d, (lo, _), size, o_s in zip((m, p), win.stride, win.dilation, win.pads,
-                                                  win.in_hw, win.spread):
-            start = off * d - lo  # the input row this offset's first tap reads
-            cfg.append((start, size - start - o_s, s - 1))
-        v = lax.pad(v, jnp.zeros((), v.dtype), [*cfg, (0, 0, 0)])
+        v = _window.spread(v, m, p, win)
         out = v if out is None else out + v
     return out
 
