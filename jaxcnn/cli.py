@@ -14,6 +14,7 @@ Exit status: 0 on success, 1 when a check fails or training stops (divergence), 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -140,11 +141,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = trainer.TrainConfig(
-        model=args.model, data=args.data, grad=args.grad, impl=args.impl,
-        optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
-        batch_size=args.batch_size, epochs=args.epochs, clip=args.clip, seed=args.seed,
-        dtype=args.dtype, devices=args.devices, check_grads=args.check_grads)
+    cfg = trainer.TrainConfig(**{f.name: getattr(args, f.name)
+                                 for f in dataclasses.fields(trainer.TrainConfig)
+                                 if hasattr(args, f.name)})
     try:
         summary = trainer.fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
     except trainer.TrainingStoppedError as e:

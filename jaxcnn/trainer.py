@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import checkpoint, data, grads, models, parallel, plots, train
+from jaxcnn import checkpoint, data, gradcheck, grads, models, parallel, plots, train
 from jaxcnn._checks import IMPLS
 from jaxcnn.network import BINARY, Network
 
@@ -114,7 +114,7 @@ def check_gradients(model: Network, params: Any, state: Any, x: Any, y: Any, key
     _, g_manual = jax.jit(lambda p: grads.manual_grad(model, p, x, y, **kw))(params)
     _, g_auto = jax.jit(lambda p: grads.autodiff_grad(model, p, x, y, **kw))(params)
     rows = grads.compare(g_manual, g_auto)
-    tol = 1e-9 if dtype == "float64" else 1e-4
+    tol = gradcheck.TOLERANCES[dtype][0]  # the manual vs autodiff bound of `jaxcnn gradcheck`
     worst = max(rows, key=lambda r: r.max_rel)
     if not worst.max_rel <= tol:
         raise TrainingStoppedError(
@@ -198,8 +198,9 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bo
                 params, state, opt_state, m = step_fn(params, state, opt_state, (xb, yb),
                                                       jax.random.fold_in(dropout_key, step))
                 step += 1
-                loss = float(m["loss"])
-                if not (math.isfinite(loss) and math.isfinite(float(m["grad_norm"]))):
+                host = jax.device_get(m)  # one transfer for every metric of the step
+                loss = float(host["loss"])
+                if not (math.isfinite(loss) and math.isfinite(float(host["grad_norm"]))):
                     bar.close()
                     kept = (f"the last good checkpoint is {ckpt} (epoch {epoch})" if epoch
                             else "no checkpoint was written yet")
@@ -208,15 +209,15 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bo
                         f"{_diagnose(model, m, params, state, xb)}; {kept}. Lower --lr or set "
                         f"--clip")
                 sums["loss"] += loss
-                sums["accuracy"] += float(m["accuracy"])
+                sums["accuracy"] += float(host["accuracy"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
                                 acc=f"{sums['accuracy'] / (i + 1):.3f}")
                 if step % cfg.log_every == 0:
                     _write(metrics_file, {"kind": "step", "step": step, "epoch": epoch + 1,
-                                          "loss": loss, "grad_norm": float(m["grad_norm"]),
+                                          "loss": loss, "grad_norm": float(host["grad_norm"]),
                                           "layer_grad_norms": {k: float(v) for k, v in
-                                                               m["layer_grad_norms"].items()}})
+                                                               host["layer_grad_norms"].items()}})
                 if stop_after_steps is not None and step >= stop_after_steps:
                     bar.close()
                     return {"stopped_at_step": step}
