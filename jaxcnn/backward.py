@@ -19,7 +19,7 @@ from jax import lax
 
 from jaxcnn import _checks, _window, conv_gemm, forward
 from jaxcnn._checks import Padding
-from jaxcnn.forward import HIGHEST, rot180
+from jaxcnn.forward import HIGHEST, precision_of, rot180
 
 Array = jax.Array
 
@@ -39,7 +39,7 @@ def _upstream(fn: str, dy: Any, like: Array, shape: tuple[int, ...], what: str) 
 # ----------------------------------------------------------------------------- convolution
 def conv2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
            padding: Padding = "VALID", dilation: int | tuple[int, int] = 1, groups: int = 1,
-           precision: Any = HIGHEST, impl: str = "conv") -> tuple[Array, Array, Array]:
+           precision: Any = None, impl: str = "conv") -> tuple[Array, Array, Array]:
     """Gradients of `forward.conv2d(x, w, b)`.
 
     dy: (N, O_h, O_w, C_out); x: (N, H, W, C_in); w: (kh, kw, C_in // groups, C_out).
@@ -64,6 +64,7 @@ def _conv_grads(fn: str, dy: Array, x: Array, w: Array, stride: Any, padding: Pa
                 impl: str) -> tuple[Array, Array, Array]:
     g = _checks.conv(fn, x, w, stride, padding, dilation, groups)
     _upstream(fn, dy, x, g.out_shape, "the forward output")
+    precision = precision_of(precision)
     dx = (conv_gemm.dx(dy, w, g, precision) if _checks.impl(fn, impl, g, "dx")
           else _conv_dx(dy, w, g, precision))
     dw = (conv_gemm.dw(x, dy, g, precision) if _checks.impl(fn, impl, g, "dw")
@@ -136,7 +137,7 @@ def _conv_dw(x: Array, dy: Array, g: _checks.Conv, precision: Any = HIGHEST) -> 
 
 def convolve2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
                padding: Padding = "VALID", dilation: int | tuple[int, int] = 1,
-               groups: int = 1, precision: Any = HIGHEST,
+               groups: int = 1, precision: Any = None,
                impl: str = "conv") -> tuple[Array, Array, Array]:
     """Gradients of the true convolution `forward.convolve2d(x, w, b)`; shapes as `conv2d`.
 
@@ -152,7 +153,7 @@ def convolve2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] =
 
 # ----------------------------------------------------------------------------- dense, flatten
 def dense(dy: Array, x: Array, w: Array, *,
-          precision: Any = HIGHEST) -> tuple[Array, Array, Array]:
+          precision: Any = None) -> tuple[Array, Array, Array]:
     """Gradients of `y = x @ w + b` (seed 000: `dW2 = F^T (A2 - Y)`, `dB2 = sum(A2 - Y)`).
 
     dy: (N, D_out); x: (N, D_in); w: (D_in, D_out).
@@ -160,6 +161,7 @@ def dense(dy: Array, x: Array, w: Array, *,
     """
     _checks.dense("backward.dense", x, w, None)
     _upstream("backward.dense", dy, x, (x.shape[0], w.shape[1]), "the forward output")
+    precision = precision_of(precision)
     return (jnp.matmul(dy, w.T, precision=precision), jnp.matmul(x.T, dy, precision=precision),
             jnp.sum(dy, axis=0))
 

@@ -30,6 +30,9 @@ from jaxcnn import grads, models, train
 from jaxcnn.network import BINARY, Network
 
 NETWORKS = (("seed", 1), ("seed", 1024), ("lenet5", 128), ("cifar", 64), ("deep", 64))
+# --precision: what every product of the benchmarked steps runs at (jaxcnn's own default is
+# HIGHEST; "default" is the backend's fastest float32 mode, TF32 on recent NVIDIA GPUs).
+PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
 
 
 # ----------------------------------------------------------------------------- what a step costs
@@ -51,10 +54,12 @@ def step_flops(model: Network, batch: int) -> int:
     return total
 
 
-def matmul_peak(n: int = 2048, rounds: int = 5) -> float:
-    """GFLOP/s of a float32 n x n matmul at HIGHEST precision (median of rounds)."""
+def matmul_peak(n: int | None = None, rounds: int = 5, precision: str = "highest") -> float:
+    """GFLOP/s of a float32 n x n matmul (median of rounds) at `precision` ("highest" or
+    "default"); n is 2048 on the CPU and 8192 on accelerators unless given."""
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=PRECISIONS[precision]))
     f(a, a).block_until_ready()
     times = []
     for _ in range(rounds):
@@ -192,22 +197,31 @@ def machine() -> dict[str, Any]:
 
 def run(networks: tuple[tuple[str, int], ...] = NETWORKS, *, impls: tuple[str, ...] = ("conv",),
         against_torch: bool = False, per_example: bool = True, rounds: int = 7,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    result = {"machine": machine(), "matmul_peak_gflops": matmul_peak(), "networks": []}
-    log(f"float32 matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s")
-    for name, batch in networks:
-        log(f"benchmarking {name} at batch {batch} ...")
-        result["networks"].append(bench_network(name, batch, impls=impls,
-                                                against_torch=against_torch,
-                                                per_example=per_example, rounds=rounds))
+        precision: str = "highest", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every network's figures. `precision` ("highest", jaxcnn's default, or "default") is set
+    around the whole run with `jax.default_matmul_precision`, so manual and autodiff steps
+    and the matmul peak all run their products at it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    with jax.default_matmul_precision(precision):
+        result = {"machine": machine(), "precision": precision,
+                  "matmul_peak_gflops": matmul_peak(precision=precision), "networks": []}
+        log(f"float32 matmul peak ({precision} precision): "
+            f"{result['matmul_peak_gflops']:.1f} GFLOP/s")
+        for name, batch in networks:
+            log(f"benchmarking {name} at batch {batch} ...")
+            result["networks"].append(bench_network(name, batch, impls=impls,
+                                                    against_torch=against_torch,
+                                                    per_example=per_example, rounds=rounds))
     return result
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The run as markdown tables: train steps, then per-example gradients."""
     m, peak = result["machine"], result["matmul_peak_gflops"]
+    precision = result.get("precision", "highest")
     lines = [f"Machine: {m['device']} ({m['backend']}), {m['cores']} cores, jax {m['jax']}; "
-             f"float32 matmul peak {peak:.1f} GFLOP/s (same run).", "",
+             f"float32, {precision} precision; matmul peak {peak:.1f} GFLOP/s (same run).", "",
              "| network | batch | variant | median ms (min-max) | images/s | compile s | "
              "temp MB | GFLOP/s (% peak) | vs autodiff: median (min-max) | vs torch |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -163,6 +163,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--networks", default=",".join(f"{n}:{b}" for n, b in bench.NETWORKS),
                    help="comma-separated NAME:BATCH pairs")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    p.add_argument("--precision", choices=tuple(bench.PRECISIONS), default="highest",
+                   help="precision of every product (default highest; 'default' is TF32 on "
+                   "recent NVIDIA GPUs)")
     p.add_argument("--no-per-example", action="store_true", help="skip per-example gradients")
     p.add_argument("--json", default="bench.json", help="where to write the JSON (bench.json)")
     p.add_argument("--markdown", default="bench.md", help="where to write the table (bench.md)")
@@ -181,7 +184,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--impl must list conv, gemm or auto; got {args.impl!r}")
     result = bench.run(tuple(networks), impls=impls, against_torch=args.against == "torch",
                        per_example=not args.no_per_example, rounds=args.rounds,
-                       log=lambda s: print(s, file=sys.stderr))
+                       precision=args.precision, log=lambda s: print(s, file=sys.stderr))
     bench.save(result, args.json, args.markdown)
     print(bench.to_markdown(result))
     return 0

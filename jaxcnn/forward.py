@@ -2,8 +2,9 @@
 
 Every function here has a namesake in `jaxcnn.backward` holding its hand-written gradient.
 Arguments are checked in Python before tracing (see `jaxcnn._checks`); convolutions and matrix
-products run at `lax.Precision.HIGHEST` unless a `precision` is given, so that float32 on GPUs does
-not silently drop to TF32.
+products run at `lax.Precision.HIGHEST` unless a `precision` is given or set around the call with
+`jax.default_matmul_precision(...)` (see `precision_of`), so that float32 on GPUs does not silently
+drop to TF32.
 
 Shapes: `x` (N, H, W, C); conv kernel `w` (kh, kw, C_in // groups, C_out); dense `w` (D_in, D_out).
 """
@@ -31,10 +32,23 @@ __all__ = [
 ]
 
 
+def precision_of(precision: Any) -> Any:
+    """The precision a product runs at: `precision` when given; else `None` (JAX's configured
+    default) inside `jax.default_matmul_precision(...)`; else `lax.Precision.HIGHEST`.
+
+    Read at trace time, like JAX's own setting, so a jitted step traced inside
+    `jax.default_matmul_precision("default")` runs its products (and their transposes, for
+    `jax.grad`) at that precision: TF32 on recent NVIDIA GPUs, unchanged float32 on CPUs.
+    """
+    if precision is not None:
+        return precision
+    return None if jax.config.jax_default_matmul_precision is not None else HIGHEST
+
+
 # ----------------------------------------------------------------------------- convolution
 def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[int, int] = 1,
            padding: Padding = "VALID", dilation: int | tuple[int, int] = 1, groups: int = 1,
-           precision: Any = HIGHEST, impl: str = "conv") -> Array:
+           precision: Any = None, impl: str = "conv") -> Array:
     """2-D cross-correlation, what deep learning calls convolution (seed 002's Eq. for x^l).
 
     `y[n, i, j, o] = b[o] + sum_{m, p, c} x_pad[n, i*s + m*d, j*s + p*d, g*C_in/groups + c]
@@ -53,6 +67,7 @@ def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[in
       y: (N, O_h, O_w, C_out), `O = (H + lo + hi - k_eff) // s + 1`, `k_eff = (k - 1) * d + 1`.
     """
     g = _checks.conv("conv2d", x, w, stride, padding, dilation, groups, b)
+    precision = precision_of(precision)
     if _checks.impl("conv2d", impl, g, "forward"):
         y = conv_gemm.forward(x, w, g, precision)
     else:
@@ -70,7 +85,7 @@ def rot180(w: Array) -> Array:
 def convolve2d(x: Array, w: Array, b: Array | None = None, *,
                stride: int | tuple[int, int] = 1, padding: Padding = "VALID",
                dilation: int | tuple[int, int] = 1, groups: int = 1,
-               precision: Any = HIGHEST, impl: str = "conv") -> Array:
+               precision: Any = None, impl: str = "conv") -> Array:
     """True 2-D convolution: the cross-correlation `conv2d` with the kernel rotated 180 degrees.
 
     `y[n, i, j, o] = b[o] + sum x_pad[n, i*s + m*d, j*s + p*d, c] * w[kh-1-m, kw-1-p, c, o]`
@@ -83,13 +98,13 @@ def convolve2d(x: Array, w: Array, b: Array | None = None, *,
 
 
 # ----------------------------------------------------------------------------- dense, flatten
-def dense(x: Array, w: Array, b: Array | None = None, *, precision: Any = HIGHEST) -> Array:
+def dense(x: Array, w: Array, b: Array | None = None, *, precision: Any = None) -> Array:
     """Fully connected layer `y = x @ w + b` (seed 000's `Z2 = F . W2 + B2`).
 
     x: (N, D_in); w: (D_in, D_out); b: optional (D_out,). Returns y: (N, D_out).
     """
     _checks.dense("dense", x, w, b)
-    y = jnp.matmul(x, w, precision=precision)
+    y = jnp.matmul(x, w, precision=precision_of(precision))
     return y if b is None else y + b
 
 

@@ -38,7 +38,6 @@ from jax import lax
 
 from jaxcnn import backward, forward
 from jaxcnn._checks import Padding
-from jaxcnn.forward import HIGHEST
 from jaxcnn.layers import Layer
 from jaxcnn.network import Head, Network
 
@@ -129,7 +128,7 @@ def _call(name: str, args: tuple, **options: Any) -> Any:
 # ----------------------------------------------------------------------------- the ops
 def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[int, int] = 1,
            padding: Padding = "VALID", dilation: int | tuple[int, int] = 1, groups: int = 1,
-           precision: Any = HIGHEST, impl: str = "conv") -> Array:
+           precision: Any = None, impl: str = "conv") -> Array:
     """`forward.conv2d` (x (N, H, W, C_in), w (kh, kw, C_in // groups, C_out), b (C_out,) or
     None -> (N, O_h, O_w, C_out)) with `backward.conv2d` as its VJP; `impl` ("conv", "gemm",
     "auto") picks the formulation of both."""
@@ -140,14 +139,14 @@ def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[in
 def convolve2d(x: Array, w: Array, b: Array | None = None, *,
                stride: int | tuple[int, int] = 1, padding: Padding = "VALID",
                dilation: int | tuple[int, int] = 1, groups: int = 1,
-               precision: Any = HIGHEST, impl: str = "conv") -> Array:
+               precision: Any = None, impl: str = "conv") -> Array:
     """`forward.convolve2d` (true convolution; shapes and options as conv2d), VJP
     `backward.convolve2d`."""
     return _call("convolve2d", (x, w, b), stride=stride, padding=padding, dilation=dilation,
                  groups=groups, precision=precision, impl=impl)
 
 
-def dense(x: Array, w: Array, b: Array | None = None, *, precision: Any = HIGHEST) -> Array:
+def dense(x: Array, w: Array, b: Array | None = None, *, precision: Any = None) -> Array:
     """`forward.dense` (x (N, D_in), w (D_in, D_out), b (D_out,) -> (N, D_out)), VJP
     `backward.dense`."""
     return _call("dense", (x, w, b), precision=precision)

@@ -57,7 +57,7 @@ def seed_backward(params: Params, fwd: dict[str, Array], Y: Array) -> dict[str, 
     # cross-correlation of the input with the deltas (batch and channel roles swapped)
     g["dW1"] = lax.conv_general_dilated(X, g["dZ1"], (1, 1), "VALID",
                                         dimension_numbers=("CHWN", "IHWO", "HWNC"),
-                                        precision=lax.Precision.HIGHEST)
+                                        precision=forward.precision_of(None))
     return g
 
 

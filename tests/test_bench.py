@@ -33,3 +33,12 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
     assert "per_example" in result["networks"][0]
     assert "| seed | 2 | manual[conv] |" in out_md.read_text()
     assert cli.main(["bench", "--networks", "nosuch:3"]) == 2
+
+
+def test_bench_at_default_precision(tmp_path):
+    out_json = tmp_path / "b.json"
+    assert cli.main(["bench", "--networks", "seed:2", "--rounds", "1", "--no-per-example",
+                     "--precision", "default", "--json", str(out_json), "--markdown", ""]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["precision"] == "default" and "manual[conv]" in result["networks"][0]["variants"]
+    assert "default precision" in bench.to_markdown(result)

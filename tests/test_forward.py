@@ -1,9 +1,12 @@
 """Forward ops against independent NumPy formulas, and the shape arithmetic of the seeds."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jaxcnn import _checks, forward
 
@@ -127,3 +130,26 @@ def test_dtype_is_preserved():
         assert forward.conv2d(x, w).dtype == dtype
         assert forward.max_pool(x).dtype == dtype and forward.avg_pool(x).dtype == dtype
         assert forward.l2_pool(x).dtype == dtype and forward.sigmoid(x).dtype == dtype
+
+
+# ----------------------------------------------------------------------------- precision
+def _precisions(fn, *args) -> set[str]:
+    """The precision attributes of every product in `fn`'s jaxpr."""
+    import re
+    return set(re.findall(r"precision=\(?(Precision\.\w+|None)", str(jax.make_jaxpr(fn)(*args))))
+
+
+def test_products_run_at_highest_unless_told_otherwise():
+    from jaxcnn import backward
+    x, w = jnp.ones((2, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
+    dy = jnp.ones((2, 3, 3, 3))
+    xd, wd, dyd = jnp.ones((2, 4)), jnp.ones((4, 3)), jnp.ones((2, 3))
+    calls = [(forward.conv2d, x, w), (backward.conv2d, dy, x, w),
+             (forward.dense, xd, wd), (backward.dense, dyd, xd, wd)]
+    for fn, *args in calls:
+        assert _precisions(fn, *args) == {"Precision.HIGHEST"}
+        with jax.default_matmul_precision("default"):
+            assert _precisions(fn, *args) == {"Precision.DEFAULT"}
+        with jax.default_matmul_precision("default"):  # an explicit precision still wins
+            high = functools.partial(fn, precision=lax.Precision.HIGH)
+            assert _precisions(high, *args) == {"Precision.HIGH"}
