@@ -29,13 +29,14 @@ import numpy as np
 
 from jaxcnn import _checks, backward, bench, conv_gemm, forward, models, train
 
-CONVS = [  # (name, x shape, kernel, C_out, stride, padding)
-    ("lenet5 conv1", (128, 28, 28, 1), 5, 6, 1, "SAME"),
-    ("lenet5 conv2", (128, 14, 14, 6), 5, 16, 1, "VALID"),
-    ("cifar conv1", (64, 32, 32, 3), 3, 32, 1, "SAME"),
-    ("cifar conv2", (64, 32, 32, 32), 3, 64, 1, "SAME"),
-    ("cifar conv3", (64, 16, 16, 64), 3, 128, 1, "SAME"),
-    ("deep conv2", (64, 28, 28, 16), 3, 32, 2, 1),
+CONVS = [  # (name, x shape, kernel, C_out, stride, padding, dilation, groups)
+    ("lenet5 conv1", (128, 28, 28, 1), 5, 6, 1, "SAME", 1, 1),
+    ("lenet5 conv2", (128, 14, 14, 6), 5, 16, 1, "VALID", 1, 1),
+    ("cifar conv1", (64, 32, 32, 3), 3, 32, 1, "SAME", 1, 1),
+    ("cifar conv2", (64, 32, 32, 32), 3, 64, 1, "SAME", 1, 1),
+    ("cifar conv3", (64, 16, 16, 64), 3, 128, 1, "SAME", 1, 1),
+    ("deep conv2", (64, 28, 28, 16), 3, 32, 2, 1, 1, 1),
+    ("deep depthwise3", (64, 14, 14, 32), 3, 32, 1, "SAME", 2, 32),
 ]
 
 
@@ -43,11 +44,11 @@ def _ms(times: list[float]) -> float:
     return 1e3 * float(np.median(times))
 
 
-def _layer_fns(x: Any, w: Any, dy: Any, stride: Any, padding: Any) -> dict[str, Callable]:
+def _layer_fns(x: Any, w: Any, dy: Any, **geometry: Any) -> dict[str, Callable]:
     """forward, dx and dw of one convolution, each alone, in both formulations."""
     fns = {}
     for impl in ("conv", "gemm"):
-        kw = dict(stride=stride, padding=padding, impl=impl)
+        kw = dict(geometry, impl=impl)
         f = jax.jit(lambda x, w, kw=kw: forward.conv2d(x, w, **kw))
         dx = jax.jit(lambda dy, x, w, kw=kw: backward.conv2d(dy, x, w, **kw)[0])
         dw = jax.jit(lambda dy, x, w, kw=kw: backward.conv2d(dy, x, w, **kw)[1])
@@ -59,13 +60,14 @@ def _layer_fns(x: Any, w: Any, dy: Any, stride: Any, padding: Any) -> dict[str, 
 
 def layers(rounds: int) -> list[dict[str, Any]]:
     rows = []
-    for name, xs, k, c_out, stride, padding in CONVS:
+    for name, xs, k, c_out, stride, padding, dilation, groups in CONVS:
         x = jax.random.normal(jax.random.key(0), xs)
-        w = jax.random.normal(jax.random.key(1), (k, k, xs[-1], c_out))
-        g = _checks.conv("probe", x, w, stride, padding, 1, 1)
+        w = jax.random.normal(jax.random.key(1), (k, k, xs[-1] // groups, c_out))
+        g = _checks.conv("probe", x, w, stride, padding, dilation, groups)
         dy = jax.random.normal(jax.random.key(2), g.out_shape)
-        flops = 2 * int(np.prod(g.out_shape)) * k * k * xs[-1]
-        times = bench.interleaved(_layer_fns(x, w, dy, stride, padding), rounds=rounds)
+        flops = 2 * int(np.prod(g.out_shape)) * k * k * xs[-1] // groups
+        times = bench.interleaved(_layer_fns(x, w, dy, stride=stride, padding=padding,
+                                             dilation=dilation, groups=groups), rounds=rounds)
         row = {"layer": name, "gflop": flops / 1e9}
         for op in ("forward", "dx", "dw"):
             c, m = _ms(times[f"{op}[conv]"]), _ms(times[f"{op}[gemm]"])
@@ -88,6 +90,8 @@ RULES: dict[str, Callable[[_checks.Conv, str], bool]] = {
         (w == "forward" and g.c_in // g.groups == 1) or (w == "dx" and g.c_out // g.groups <= 32)),
     "... + dw gemm if 2 <= C_in <= 16": lambda g, w: (
         (w == "forward" and g.c_in // g.groups == 1) or (w == "dw" and 2 <= g.c_in <= 16)),
+    "gemm for depthwise only": lambda g, w: g.groups > 1 and g.c_in // g.groups == 1,
+    "gemm if one channel per group (the GPU auto)": lambda g, w: g.c_in // g.groups == 1,
     "auto (kept)": conv_gemm.prefer_gemm,
 }
 
@@ -204,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default="experiments/results/perf_probes.json")
+    ap.add_argument("--precision", choices=tuple(bench.PRECISIONS), default="highest",
+                    help="precision set around every section (jax.default_matmul_precision)")
     args = ap.parse_args(argv)
-    result = {"machine": bench.machine()}
+    result = {"machine": bench.machine(), "precision": args.precision}
     for name in args.only.split(","):
         print(f"== {name}", flush=True)
-        result[name] = SECTIONS[name](args.rounds)
+        with jax.default_matmul_precision(args.precision):
+            result[name] = SECTIONS[name](args.rounds)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     return 0

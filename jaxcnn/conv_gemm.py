@@ -99,19 +99,20 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
 
 def prefer_gemm(g: _checks.Conv, which: str) -> bool:
     """The `impl="auto"` rule: per-offset products where they measured faster inside whole
-    training steps on the CPU, XLA's convolutions elsewhere (and always on GPUs and TPUs, whose
-    convolution libraries are kept).
+    training steps, XLA's convolutions elsewhere (experiments/PERFORMANCE.md, rule by rule).
 
     which: "forward", "dx" or "dw". Products win where each group has one input channel (the
     first layer of a grey-scale net, depthwise layers): XLA:CPU runs those convolutions at a few
-    GFLOP/s, the broadcast form fuses into one loop. dx also wins for strides > 1, where the
-    convolution form needs an lhs dilation. Elsewhere, and for dw of a one-channel input, XLA's
-    convolutions win: inside a whole step the products' elementwise tails fuse with their
-    neighbours and recompute them. Measured rule by rule in experiments/PERFORMANCE.md.
+    GFLOP/s and cuDNN's grouped convolutions are slow too, while the broadcast form fuses into
+    one loop. On the CPU, dx also wins for strides > 1, where the convolution form needs an lhs
+    dilation; elsewhere on the CPU, and for dw of a one-channel input, XLA's convolutions win:
+    inside a whole step the products' elementwise tails fuse with their neighbours and recompute
+    them. On GPUs (and TPUs, by the same rule, unmeasured) every op of a one-channel-per-group
+    convolution runs as products, every other convolution through the backend's library.
     """
-    if jax.default_backend() != "cpu":
-        return False
     one_channel = g.c_in // g.groups == 1
+    if jax.default_backend() != "cpu":
+        return one_channel
     if which == "forward":
         return one_channel
     if which == "dw":
