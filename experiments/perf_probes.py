@@ -1,6 +1,6 @@
 """The measurements behind experiments/PERFORMANCE.md: each idea tried for speed, A/B, interleaved.
 
-    python experiments/perf_probes.py [--only layers,rules,options,maxpool,donation,precision]
+    python experiments/perf_probes.py [--only layers,rules,...,per_example] [--json FILE]
 
 Every section times its variants in the same process, interleaved in rounds (jaxcnn.bench), and
 prints medians and per-round ratios; nothing is compared across runs.
@@ -12,6 +12,8 @@ prints medians and per-round ratios; nothing is compared across runs.
   maxpool    the hand-written max-pool backward against jax.vjp (XLA's select-and-scatter)
   donation   the train step with and without buffer donation
   precision  HIGHEST against DEFAULT precision for the convolutions and matmuls (CPU)
+  pointwise  the deeper CNN's step with its 1x1 convolution as XLA convolutions or one product
+  per_example  per-example gradients under vmap: the batch rule against the per-example rule
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import _checks, backward, bench, conv_gemm, forward, models, train
+from jaxcnn import _checks, backward, bench, conv_gemm, forward, grads, models, train
 
 CONVS = [  # (name, x shape, kernel, C_out, stride, padding, dilation, groups)
     ("lenet5 conv1", (128, 28, 28, 1), 5, 6, 1, "SAME", 1, 1),
@@ -199,8 +201,56 @@ def precision(rounds: int) -> dict[str, Any]:
     return out
 
 
+def _is_pointwise(g: _checks.Conv) -> bool:
+    return g.win.size == (1, 1) and g.win.stride == (1, 1) and g.groups == 1
+
+
+def pointwise(rounds: int) -> dict[str, Any]:
+    kept = conv_gemm.prefer_gemm
+    variants = {"auto (1x1 as one product, kept)": kept,
+                "auto with 1x1 as XLA convolutions": lambda g, w, **kw: (
+                    not _is_pointwise(g) and kept(g, w, **kw))}
+    model = models.get("deep")
+    opt, args = _step_args(model, 64)
+    fns = {}
+    for label, rule in variants.items():
+        conv_gemm.prefer_gemm = rule
+        c = train.make_train_step(model, opt, "manual", impl="auto",
+                                  donate=False).lower(*args).compile()
+        fns[label] = partial(c, *args)
+    conv_gemm.prefer_gemm = kept
+    times = bench.interleaved(fns, rounds=rounds)
+    base = times["auto with 1x1 as XLA convolutions"]
+    out = {k: {"ms": _ms(t), "vs_1x1_conv": bench.ratios(t, base)} for k, t in times.items()}
+    print(f"deep b64: {out}")
+    return out
+
+
+def per_example(rounds: int) -> dict[str, Any]:
+    out = {}
+    for name, batch in (("lenet5", 128), ("cifar", 64), ("deep", 64)):
+        model = models.get(name)
+        params = model.init(jax.random.key(0))
+        x, y = bench.example_batch(model, batch)
+        fns = {"batch gradient": partial(jax.jit(lambda p, x, y, m=model: grads.manual_grad(
+            m, p, x, y, impl="auto")[1]), params, x, y)}
+        for label, impl in (("vmap, conv", "conv"), ("vmap, batch auto rule", "auto"),
+                            ("vmap, per-example rule (kept)", _checks.AUTO_PER_EXAMPLE)):
+            f = jax.jit(lambda p, x, y, m=model, impl=impl: jax.vmap(
+                lambda xi, yi: grads.manual_grad(m, p, xi[None], yi[None], impl=impl)[1])(x, y))
+            fns[label] = partial(f, params, x, y)
+        times = bench.interleaved(fns, rounds=rounds)
+        base = times["batch gradient"]
+        out[f"{name}:{batch}"] = {k: {"ms": _ms(t), "vs_batch": bench.ratios(t, base)["median"]}
+                                  for k, t in times.items()}
+        print(f"{name} b{batch}: " + "; ".join(f"{k} {v['ms']:.2f} ms ({v['vs_batch']:.2f})"
+                                             for k, v in out[f"{name}:{batch}"].items()))
+    return out
+
+
 SECTIONS = {"layers": layers, "rules": rules, "options": options, "maxpool": maxpool,
-            "donation": donation, "precision": precision}
+            "donation": donation, "precision": precision, "pointwise": pointwise,
+            "per_example": per_example}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -283,14 +283,17 @@ def batch_norm(fn: str, x: Any, gamma: Any, beta: Any, mean: Any, var: Any) -> N
 
 
 IMPLS = ("conv", "gemm", "auto")
+# "auto-per-example": the auto rule for one example per call under vmap, which
+# `train.per_example_grads` passes down for its "auto" (see conv_gemm.prefer_gemm).
+AUTO_PER_EXAMPLE = "auto-per-example"
 
 
 def impl(fn: str, value: str, g: Conv, which: str) -> bool:
     """Check a convolution's `impl` ("conv", "gemm", "auto") and say whether `which` ("forward",
     "dx", "dw") runs as per-offset products (True) or as an XLA convolution (False)."""
-    if value not in IMPLS:
+    if value not in (*IMPLS, AUTO_PER_EXAMPLE):
         raise ValueError(f"{fn}: impl must be one of {', '.join(IMPLS)}; got {value!r}")
-    if value == "auto":
+    if value in ("auto", AUTO_PER_EXAMPLE):
         from jaxcnn import conv_gemm  # the measured rule lives beside the formulation
-        return conv_gemm.prefer_gemm(g, which)
+        return conv_gemm.prefer_gemm(g, which, per_example=value == AUTO_PER_EXAMPLE)
     return value == "gemm"

@@ -97,7 +97,7 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
     return out
 
 
-def prefer_gemm(g: _checks.Conv, which: str) -> bool:
+def prefer_gemm(g: _checks.Conv, which: str, per_example: bool = False) -> bool:
     """The `impl="auto"` rule: per-offset products where they measured faster inside whole
     training steps, XLA's convolutions elsewhere (experiments/PERFORMANCE.md, rule by rule).
 
@@ -107,12 +107,23 @@ def prefer_gemm(g: _checks.Conv, which: str) -> bool:
     one loop. On the CPU, dx also wins for strides > 1, where the convolution form needs an lhs
     dilation; elsewhere on the CPU, and for dw of a one-channel input, XLA's convolutions win:
     inside a whole step the products' elementwise tails fuse with their neighbours and recompute
-    them. On GPUs (and TPUs, by the same rule, unmeasured) every op of a one-channel-per-group
-    convolution runs as products, every other convolution through the backend's library.
+    them. A 1x1 convolution with stride 1 and no groups is a single matrix product: on the CPU
+    all three of its ops run as one. On GPUs (and TPUs, by the same rule, unmeasured) every op
+    of a one-channel-per-group convolution runs as products, every other convolution through
+    the backend's library.
+
+    per_example: the rule for one example per call under `vmap` (`train.per_example_grads`).
+    There XLA turns each example's dw convolution into one group of a grouped convolution, slow
+    on XLA:CPU, while the products become batched matrix products: on the CPU, dw runs as
+    products wherever x has more than one channel.
     """
     one_channel = g.c_in // g.groups == 1
     if jax.default_backend() != "cpu":
         return one_channel
+    if g.win.size == (1, 1) and g.win.stride == (1, 1) and g.groups == 1:
+        return True  # a pointwise convolution is one matrix product
+    if per_example and which == "dw" and g.c_in > 1:
+        return True
     if which == "forward":
         return one_channel
     if which == "dw":

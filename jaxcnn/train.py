@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcnn import _checks
 from jaxcnn import grads as grads_lib
 from jaxcnn._checks import IMPLS
 from jaxcnn.network import BINARY, Network, Params, State
@@ -158,14 +159,18 @@ def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
 
     x: (N, H, W, C), y: (N,) -> grads whose leaves have a leading axis N; their mean over N is
     the batch gradient (the loss is a mean over the batch). impl: the formulation of the
-    convolutions, "auto" by default (under vmap the best choice varies by network: see
-    experiments/PERFORMANCE.md).
+    convolutions; "auto", the default, picks by the per-example rule (`conv_gemm.prefer_gemm`
+    with `per_example=True`: under vmap, dw as batched products), measured in
+    experiments/PERFORMANCE.md.
     """
     model.check_input(x)
     model.check_labels(x, y)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
+    inner = _checks.AUTO_PER_EXAMPLE if impl == "auto" else impl
 
     def one(xi, yi):
         return grads_lib.manual_grad(model, params, xi[None], yi[None], state=state,
-                                     impl=impl)[1]
+                                     impl=inner)[1]
 
     return jax.vmap(one)(x, y)

@@ -96,7 +96,7 @@ def test_bfloat16_accepted(case):
         assert rel_err(np.asarray(m, np.float64), t) <= 0.05
 
 
-@pytest.mark.parametrize("impl", ["gemm", "auto"])
+@pytest.mark.parametrize("impl", ["gemm", "auto", "auto-per-example"])
 @pytest.mark.parametrize("case", CONV + CONVOLVE, ids=lambda c: c.id)
 def test_conv_formulations_match_vjp(case, impl):
     """The GEMM formulation (and the per-shape choice "auto") pass the same cross-checks as the

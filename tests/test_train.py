@@ -70,12 +70,14 @@ def test_manual_and_autodiff_train_identically_float32():
     np.testing.assert_allclose(loss_m, loss_a, rtol=1e-5)
 
 
-def test_per_example_grads_equal_a_loop_and_average_to_the_batch_gradient():
+@pytest.mark.parametrize("impl", ["auto", "conv"])
+def test_per_example_grads_equal_a_loop_and_average_to_the_batch_gradient(impl):
     m = models.lenet5_digits()
     params = m.init(jax.random.key(1), jnp.float64)
     ds = digits()
     x, y = ds.x_train[:6], ds.y_train[:6]
-    per_example = jax.jit(lambda p, x, y: train.per_example_grads(m, p, x, y))(params, x, y)
+    per_example = jax.jit(lambda p, x, y: train.per_example_grads(m, p, x, y, impl=impl))(
+        params, x, y)
     for i in range(len(x)):
         _, gi = grads.manual_grad(m, params, x[i:i + 1], y[i:i + 1])
         assert params_rel(jax.tree.map(lambda a, i=i: a[i], per_example), gi) <= 1e-12

@@ -9,11 +9,12 @@ rtol 1e-14 would mean the flags change what the tests check.
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
-from conftest import FAST_XLA_FLAGS
+from conftest import FAST_XLA_FLAGS, FLAGS_JAXLIB
 from helpers import rel_err
 
 HERE = Path(__file__).parent
@@ -31,6 +32,9 @@ def _run(tmp_path: Path, flags: str | None) -> dict:
 
 
 def test_fast_flags_do_not_change_float64_results(tmp_path):
+    assert version("jaxlib").startswith(FLAGS_JAXLIB), (
+        f"jaxlib {version('jaxlib')}: the fast flags were checked on {FLAGS_JAXLIB}x only "
+        "(0.11 dropped --xla_cpu_use_fusion_emitters); check them again and update conftest.py")
     default, fast = _run(tmp_path, None), _run(tmp_path, FAST_XLA_FLAGS)
     assert default.keys() == fast.keys() and len(default) > 50
     worst = max((rel_err(fast[k], default[k]), k) for k in default)
