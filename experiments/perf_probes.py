@@ -83,18 +83,30 @@ def layers(rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-RULES: dict[str, Callable[[_checks.Conv, str], bool]] = {
-    "conv everywhere": lambda g, w: False,
-    "gemm everywhere": lambda g, w: True,
-    "forward gemm if one channel per group": lambda g, w: (
-        w == "forward" and g.c_in // g.groups == 1),
-    "... + dx gemm if C_out <= 32": lambda g, w: (
-        (w == "forward" and g.c_in // g.groups == 1) or (w == "dx" and g.c_out // g.groups <= 32)),
-    "... + dw gemm if 2 <= C_in <= 16": lambda g, w: (
-        (w == "forward" and g.c_in // g.groups == 1) or (w == "dw" and 2 <= g.c_in <= 16)),
-    "gemm for depthwise only": lambda g, w: g.groups > 1 and g.c_in // g.groups == 1,
-    "gemm if one channel per group (the GPU auto)": lambda g, w: g.c_in // g.groups == 1,
-    "auto (kept)": conv_gemm.prefer_gemm,
+Rule = Callable[..., bool]  # (g, which, per_example=False) -> products?
+_kept = conv_gemm.prefer_gemm
+
+
+def _one_channel(g: _checks.Conv) -> bool:
+    return g.c_in // g.groups == 1
+
+
+RULES: dict[str, Rule] = {
+    "conv everywhere": lambda g, w, **_: False,
+    "gemm everywhere": lambda g, w, **_: True,
+    "forward gemm if one channel per group": lambda g, w, **_: w == "forward" and _one_channel(g),
+    "... + dx gemm if C_out <= 32": lambda g, w, **_: (
+        (w == "forward" and _one_channel(g)) or (w == "dx" and g.c_out // g.groups <= 32)),
+    "... + dw gemm if 2 <= C_in <= 16": lambda g, w, **_: (
+        (w == "forward" and _one_channel(g)) or (w == "dw" and 2 <= g.c_in <= 16)),
+    "gemm for depthwise only": lambda g, w, **_: g.groups > 1 and _one_channel(g),
+    "gemm if one channel per group (the GPU auto)": lambda g, w, **_: _one_channel(g),
+    "auto without dx gemm for C_in <= 16": lambda g, w, **kw: _kept(g, w, **kw) and not (
+        w == "dx" and g.groups == 1 and 1 < g.c_in <= 16 and max(g.win.stride) == 1
+        and g.win.size != (1, 1)),
+    "auto + dx gemm for every ungrouped conv": lambda g, w, **kw: (
+        (w == "dx" and g.groups == 1) or _kept(g, w, **kw)),
+    "auto (kept)": _kept,
 }
 
 

@@ -11,6 +11,8 @@ against `jax.vjp` of the forward (tests/test_backward.py).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import Any
 
 import jax
@@ -190,6 +192,8 @@ def max_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
     overlapping windows add up. NaNs in a window route nothing.
     """
     win = _pool_args("backward.max_pool", dy, x, window, stride, padding)
+    if _tiles(win):
+        return _max_pool_tiles(dy, x, win)
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in
                                                                  win.pads), (0, 0, 0)])
     candidates = [_window.tap(xp, i, j, win) for i, j in _window.offsets(win)]
@@ -203,6 +207,36 @@ def max_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
         taken = taken | winner
         dx = dx + _window.spread(jnp.where(winner, dy, 0), i, j, win)
     return dx
+
+
+def _tiles(win: _checks.Window) -> bool:
+    """Whether the windows tile the input without overlap or padding (stride = window, e.g. the
+    usual 2x2 pool with stride 2)."""
+    return (win.stride == win.size and win.dilation == (1, 1)
+            and win.pads == ((0, 0), (0, 0)))
+
+
+def _max_pool_tiles(dy: Array, x: Array, win: _checks.Window) -> Array:
+    """`max_pool`'s rule for tiling windows: the same first-maximum routing, with the window's
+    elements read off a (N, O_h, k_h, O_w, k_w, C) view of x and the routed dy stacked back into
+    that view, instead of strided taps and interior-padded spreads. Rows and columns that no
+    window reads (VALID with H % k != 0) get zero."""
+    (kh, kw), (oh, ow) = win.size, win.out_hw
+    n, h, w, c = x.shape
+    xt = x[:, :oh * kh, :ow * kw].reshape(n, oh, kh, ow, kw, c)
+    taps = [[xt[:, :, i, :, j] for j in range(kw)] for i in range(kh)]  # each (N, O_h, O_w, C)
+    y = functools.reduce(jnp.maximum, itertools.chain.from_iterable(taps))
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for row in taps:
+        routed = []
+        for t in row:
+            winner = (t == y) & ~taken
+            taken = taken | winner
+            routed.append(jnp.where(winner, dy, 0))
+        rows.append(jnp.stack(routed, axis=3).reshape(n, oh, ow * kw, c))  # (N, O_h, O_w*k_w, C)
+    dx = jnp.stack(rows, axis=2).reshape(n, oh * kh, ow * kw, c)
+    return jnp.pad(dx, ((0, 0), (0, h - oh * kh), (0, w - ow * kw), (0, 0)))
 
 
 def avg_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
@@ -244,7 +278,9 @@ def _act(fn: str, dy: Array, x: Array) -> None:
 
 
 def relu(dy: Array, x: Array) -> Array:
-    """`dx = dy * (x > 0)`: ReLU passes the gradient where it was active (0 at 0, as jax.nn)."""
+    """`dx = dy * (x > 0)`: ReLU passes the gradient where it was active (0 at 0, as jax.nn).
+
+    `x` may as well be the output `relu(x)`, which is > 0 at exactly the same places."""
     _act("backward.relu", dy, x)
     return jnp.where(x > 0, dy, 0)
 

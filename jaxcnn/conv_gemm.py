@@ -58,7 +58,23 @@ def forward(x: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
                                 (((2,), (0,)), ((1,), (1,))), precision=precision)
             v = v.transpose(1, 0, 2).reshape(*t.shape[:3], g.c_out)
         out = v if out is None else out + v
-    return out
+    return computed_once(out) if g.c_in == g.groups else out
+
+
+def computed_once(y: Array) -> Array:
+    """y itself, as the product y @ I on the CPU, so that XLA computes it once.
+
+    XLA:CPU fuses a cheap elementwise producer, such as the broadcast form's k*k-term sum, into
+    every elementwise consumer and recomputes it there: in LeNet-5's step the ReLU mask and the
+    max-pool backward recomputed conv1's 25-term sums for every element they read (2.4 ms of a
+    12 ms step). It never fuses a matrix product into its consumers, and it removes
+    optimization barriers before fusion, so the product is the barrier that holds. Exact for
+    finite y (y_j * 1 plus exact zeros, at HIGHEST precision); an infinite y_j, an overflowed
+    sum, turns the other channels of its pixel into NaN.
+    """
+    if jax.default_backend() != "cpu":
+        return y
+    return jnp.matmul(y, jnp.eye(y.shape[-1], dtype=y.dtype), precision=lax.Precision.HIGHEST)
 
 
 def dw(x: Array, dy: Array, g: _checks.Conv, precision: Any) -> Array:
@@ -80,13 +96,19 @@ def dw(x: Array, dy: Array, g: _checks.Conv, precision: Any) -> Array:
 
 def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
     """dx of conv2d: (N, H, W, C_in); each offset's `dy @ w[m, p]^T` spread back over the input
-    rows that offset read (lax.pad with interior padding s - 1; negative pads crop the padding)."""
+    rows that offset read (lax.pad with interior padding s - 1; negative pads crop the padding).
+    Without groups the k*k products are one: `dy @ [w[0, 0]^T | w[0, 1]^T | ...]`, (M, C_out) @
+    (C_out, k*k*C_in), then spread offset by offset (col2im)."""
     win, out = g.win, None
+    if g.groups == 1 and g.c_in > 1:
+        kh, kw, c_in, c_out = w.shape
+        z = jnp.matmul(dy, w.transpose(3, 0, 1, 2).reshape(c_out, kh * kw * c_in),
+                       precision=precision).reshape(*dy.shape[:3], kh, kw, c_in)
     for m, p in _window.offsets(win):
         if g.c_in == g.groups:  # sum over each group's outputs of dy * w
             v = (dy * w[m, p, 0]).reshape(*dy.shape[:3], g.c_in, -1).sum(-1)
         elif g.groups == 1:
-            v = jnp.matmul(dy, w[m, p].T, precision=precision)
+            v = z[..., m, p, :]
         else:  # (M, G, C_out/G) x (C_in/G, G, C_out/G) -> (M, G, C_in/G)
             wg = w[m, p].reshape(w.shape[2], g.groups, -1)
             v = lax.dot_general(_grouped(dy, g.groups), wg, (((2,), (2,)), ((1,), (1,))),
@@ -94,23 +116,25 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
             v = v.transpose(1, 0, 2).reshape(*dy.shape[:3], g.c_in)
         v = _window.spread(v, m, p, win)
         out = v if out is None else out + v
-    return out
+    return computed_once(out)
 
 
 def prefer_gemm(g: _checks.Conv, which: str, per_example: bool = False) -> bool:
     """The `impl="auto"` rule: per-offset products where they measured faster inside whole
     training steps, XLA's convolutions elsewhere (experiments/PERFORMANCE.md, rule by rule).
 
-    which: "forward", "dx" or "dw". Products win where each group has one input channel (the
-    first layer of a grey-scale net, depthwise layers): XLA:CPU runs those convolutions at a few
-    GFLOP/s and cuDNN's grouped convolutions are slow too, while the broadcast form fuses into
-    one loop. On the CPU, dx also wins for strides > 1, where the convolution form needs an lhs
-    dilation; elsewhere on the CPU, and for dw of a one-channel input, XLA's convolutions win:
-    inside a whole step the products' elementwise tails fuse with their neighbours and recompute
-    them. A 1x1 convolution with stride 1 and no groups is a single matrix product: on the CPU
-    all three of its ops run as one. On GPUs (and TPUs, by the same rule, unmeasured) every op
-    of a one-channel-per-group convolution runs as products, every other convolution through
-    the backend's library.
+    which: "forward", "dx" or "dw". On the CPU, products for:
+      * every op of a 1x1 convolution with stride 1 and no groups: it is one matrix product;
+      * the forward where each group has one input channel (a grey-scale net's first layer,
+        depthwise layers), and dx and dw of depthwise layers: XLA:CPU runs those convolutions
+        at a few GFLOP/s, the broadcast form fuses into one loop;
+      * dx for strides > 1 (the convolution form needs an lhs dilation) and, without groups,
+        for x of at most 16 channels (XLA's convolution runs at ~20 GFLOP/s there; the products
+        are one GEMM, see `dx`).
+    Elsewhere XLA's convolutions win: inside a whole step the products' elementwise tails fuse
+    with their neighbours and are recomputed, or the GEMMs are no faster (dw above all).
+    On GPUs (and TPUs, by the same rule, unmeasured) every op of a one-channel-per-group
+    convolution runs as products, every other convolution through the backend's library.
 
     per_example: the rule for one example per call under `vmap` (`train.per_example_grads`).
     There XLA turns each example's dw convolution into one group of a grouped convolution, slow
@@ -128,4 +152,5 @@ def prefer_gemm(g: _checks.Conv, which: str, per_example: bool = False) -> bool:
         return one_channel
     if which == "dw":
         return one_channel and g.c_in > 1
-    return (one_channel and g.c_in > 1) or max(g.win.stride) > 1
+    return ((one_channel and g.c_in > 1) or max(g.win.stride) > 1
+            or (g.groups == 1 and g.c_in <= 16))

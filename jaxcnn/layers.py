@@ -218,7 +218,20 @@ def L2Pool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | No
 
 
 def ReLU(*, name: str = "relu") -> Layer:
-    return _no_params("ReLU", name, forward.relu, backward.relu)
+    """max(x, 0). The backward reads its mask off the output, `y > 0` exactly where `x > 0`
+    (micrograd's `(out.data > 0) * out.grad`): the step then needs only A = relu(Z), which it
+    keeps anyway, and XLA has no reason to recompute Z (on the CPU it did, inside the pooling
+    backward's fusion, costing LeNet-5's step ~25%: experiments/PERFORMANCE.md)."""
+    base = _no_params("ReLU", name, forward.relu, backward.relu)
+
+    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
+        y = forward.relu(x)
+        return y, state, y
+
+    def backward_(params, x, y, dy, *, impl="conv"):
+        return backward.relu(dy, y), {}
+
+    return base._replace(apply=apply, backward=backward_)
 
 
 def LeakyReLU(negative_slope: float = 0.01, *, name: str = "leaky_relu") -> Layer:
