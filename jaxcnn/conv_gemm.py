@@ -139,14 +139,15 @@ def prefer_gemm(g: _checks.Conv, which: str, per_example: bool = False) -> bool:
     per_example: the rule for one example per call under `vmap` (`train.per_example_grads`).
     There XLA turns each example's dw convolution into one group of a grouped convolution, slow
     on XLA:CPU, while the products become batched matrix products: on the CPU, dw runs as
-    products wherever x has more than one channel.
+    products wherever x has more than one channel, or the layer one input and one output
+    channel (the seed net's convolution: 1.9x the batch gradient instead of 3.7x).
     """
     one_channel = g.c_in // g.groups == 1
     if jax.default_backend() != "cpu":
         return one_channel
     if g.win.size == (1, 1) and g.win.stride == (1, 1) and g.groups == 1:
         return True  # a pointwise convolution is one matrix product
-    if per_example and which == "dw" and g.c_in > 1:
+    if per_example and which == "dw" and (g.c_in > 1 or g.c_out == 1):
         return True
     if which == "forward":
         return one_channel
