@@ -111,3 +111,16 @@ def test_conv_formulations_match_vjp(case, impl):
     args32 = call_args(case, np.float32)
     for i, (m, t) in enumerate(zip(fn(np.asarray(dy, np.float32), *args32[:2]), auto)):
         assert m.dtype == jnp.float32 and rel_err(m, t) <= 2e-5, (case.id, impl, i)
+
+
+def test_computed_once_is_exact_and_a_product():
+    """conv_gemm.computed_once returns y bit for bit (finite y) and, on the CPU, as a product
+    XLA will not fuse into its consumers (the barrier the broadcast forms rely on)."""
+    from jaxcnn import conv_gemm
+    for dtype in (np.float32, np.float64):
+        y = np.random.default_rng(0).normal(size=(3, 5, 5, 6)).astype(dtype) * 1e3
+        y[0, 0, 0] = 0.0
+        once = jax.jit(conv_gemm.computed_once)
+        np.testing.assert_array_equal(np.asarray(once(y)), y)
+        hlo = once.lower(y).compile().as_text()
+        assert ("dot(" in hlo or "dot_general" in hlo) == (jax.default_backend() == "cpu")

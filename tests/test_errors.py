@@ -71,6 +71,9 @@ CASES = [
     ("bce-label-count", lambda: B.sigmoid_binary_cross_entropy(1.0, z[:, 0], np.zeros(3)), ValueError, "y has shape (3,) but z has 4 rows"),
     ("mse-shape", lambda: F.mse(z, np.zeros((3, 4))), ValueError, "mse: t has shape (3, 4) but y_pred has shape (4, 3)"),
     ("loss-dl-scalar", lambda: B.mse(np.ones(2), z, z), ValueError, "backward.mse: dl must be a scalar"),
+    # formulation
+    ("conv-impl", lambda: F.conv2d(x, w, impl="fast"), ValueError, "conv2d: impl must be one of conv, gemm, auto; got 'fast'"),
+    ("backward-impl", lambda: B.conv2d(np.zeros((2, 4, 4, 4)), x, w, impl="im2col"), ValueError, "backward.conv2d: impl must be one of conv, gemm, auto; got 'im2col'"),
 ]
 
 

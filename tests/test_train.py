@@ -85,6 +85,13 @@ def test_per_example_grads_equal_a_loop_and_average_to_the_batch_gradient(impl):
     assert params_rel(jax.tree.map(lambda a: a.mean(0), per_example), batch) <= 1e-12
 
 
+def test_per_example_grads_check_impl():
+    m = models.seed_cnn()
+    x, y = np.zeros((2, 6, 6, 1)), np.zeros(2)
+    with pytest.raises(ValueError, match="impl must be one of conv, gemm, auto; got 'fastest'"):
+        train.per_example_grads(m, m.init(jax.random.key(0), jnp.float64), x, y, impl="fastest")
+
+
 def _one_update(opt, params, g):
     updates, _ = opt.update(g, opt.init(params), params)
     return optax.apply_updates(params, updates)
