@@ -12,7 +12,6 @@ against `jax.vjp` of the forward (tests/test_backward.py).
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any
 
 import jax
@@ -197,16 +196,21 @@ def max_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in
                                                                  win.pads), (0, 0, 0)])
     candidates = [_window.tap(xp, i, j, win) for i, j in _window.offsets(win)]
-    y = candidates[0]
-    for c in candidates[1:]:
-        y = jnp.maximum(y, c)
     dx = jnp.zeros_like(x)
-    taken = jnp.zeros(y.shape, bool)
-    for (i, j), c in zip(_window.offsets(win), candidates):
-        winner = (c == y) & ~taken
-        taken = taken | winner
+    for (i, j), winner in zip(_window.offsets(win), _first_max(candidates)):
         dx = dx + _window.spread(jnp.where(winner, dy, 0), i, j, win)
     return dx
+
+
+def _first_max(candidates: list[Array]) -> list[Array]:
+    """For each window element (candidates in row-major window order, each (N, O_h, O_w, C)):
+    where it is its window's first maximum. A window holding a NaN has none."""
+    y = functools.reduce(jnp.maximum, candidates)
+    taken, winners = jnp.zeros(y.shape, bool), []
+    for c in candidates:
+        winners.append((c == y) & ~taken)
+        taken = taken | winners[-1]
+    return winners
 
 
 def _tiles(win: _checks.Window) -> bool:
@@ -224,17 +228,10 @@ def _max_pool_tiles(dy: Array, x: Array, win: _checks.Window) -> Array:
     (kh, kw), (oh, ow) = win.size, win.out_hw
     n, h, w, c = x.shape
     xt = x[:, :oh * kh, :ow * kw].reshape(n, oh, kh, ow, kw, c)
-    taps = [[xt[:, :, i, :, j] for j in range(kw)] for i in range(kh)]  # each (N, O_h, O_w, C)
-    y = functools.reduce(jnp.maximum, itertools.chain.from_iterable(taps))
-    taken = jnp.zeros(y.shape, bool)
-    rows = []
-    for row in taps:
-        routed = []
-        for t in row:
-            winner = (t == y) & ~taken
-            taken = taken | winner
-            routed.append(jnp.where(winner, dy, 0))
-        rows.append(jnp.stack(routed, axis=3).reshape(n, oh, ow * kw, c))  # (N, O_h, O_w*k_w, C)
+    taps = [xt[:, :, i, :, j] for i in range(kh) for j in range(kw)]  # each (N, O_h, O_w, C)
+    routed = [jnp.where(winner, dy, 0) for winner in _first_max(taps)]
+    rows = [jnp.stack(routed[i * kw:(i + 1) * kw], axis=3).reshape(n, oh, ow * kw, c)
+            for i in range(kh)]  # each (N, O_h, O_w * k_w, C)
     dx = jnp.stack(rows, axis=2).reshape(n, oh * kh, ow * kw, c)
     return jnp.pad(dx, ((0, 0), (0, h - oh * kh), (0, w - ow * kw), (0, 0)))
 
