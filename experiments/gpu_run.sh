@@ -27,7 +27,7 @@ for step in $STEPS; do
         --json "$OUT/probes_$step.json" 2>&1 | grep -v cuda_timer | tee "$OUT/probes_$step.log" ;;
     tests)  # the cross-checks (float64 vs jax.grad and finite differences, float32, sweeps)
       $PY -m pytest --version
-      XLA_FLAGS= timeout 100 $PY -X faulthandler -m pytest -q -p no:cacheprovider tests/test_backward.py \
+      timeout 100 $PY -X faulthandler -m pytest -q -p no:cacheprovider tests/test_backward.py \
         tests/test_properties.py tests/test_network.py tests/test_ops.py 2>&1 \
         | tee "$OUT/pytest_gpu.log" | tail -15
       echo "pytest exit status ${PIPESTATUS[0]}" ;;

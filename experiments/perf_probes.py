@@ -103,7 +103,7 @@ RULES: dict[str, Rule] = {
     "gemm if one channel per group (the GPU auto)": lambda g, w, **_: _one_channel(g),
     "auto without dx gemm for C_in <= 16": lambda g, w, **kw: _kept(g, w, **kw) and not (
         w == "dx" and g.groups == 1 and 1 < g.c_in <= 16 and max(g.win.stride) == 1
-        and g.win.size != (1, 1)),
+        and not conv_gemm.is_pointwise(g)),
     "auto + dx gemm for every ungrouped conv": lambda g, w, **kw: (
         (w == "dx" and g.groups == 1) or _kept(g, w, **kw)),
     "auto (kept)": _kept,
@@ -213,15 +213,11 @@ def precision(rounds: int) -> dict[str, Any]:
     return out
 
 
-def _is_pointwise(g: _checks.Conv) -> bool:
-    return g.win.size == (1, 1) and g.win.stride == (1, 1) and g.groups == 1
-
-
 def pointwise(rounds: int) -> dict[str, Any]:
     kept = conv_gemm.prefer_gemm
     variants = {"auto (1x1 as one product, kept)": kept,
                 "auto with 1x1 as XLA convolutions": lambda g, w, **kw: (
-                    not _is_pointwise(g) and kept(g, w, **kw))}
+                    not conv_gemm.is_pointwise(g) and kept(g, w, **kw))}
     model = models.get("deep")
     opt, args = _step_args(model, 64)
     fns = {}

@@ -20,7 +20,7 @@ from jax import lax
 
 from jaxcnn import _checks, _window, conv_gemm, forward
 from jaxcnn._checks import Padding
-from jaxcnn.forward import HIGHEST, precision_of, rot180
+from jaxcnn.forward import precision_of, rot180
 
 Array = jax.Array
 
@@ -88,7 +88,7 @@ def xla_may_abort(win: _checks.Window) -> bool:
                for k, s, d in zip(win.size, win.stride, win.dilation))
 
 
-def _conv_dx(dy: Array, w: Array, g: _checks.Conv, precision: Any = HIGHEST) -> Array:
+def _conv_dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
     """dx of conv2d for a checked geometry `g`: (N, O_h, O_w, C_out) -> (N, H, W, C_in).
 
     Per axis: `conv_general_dilated(dy, rot180(w^T), window_strides=1, lhs_dilation=s,
@@ -119,7 +119,7 @@ def _conv_dx(dy: Array, w: Array, g: _checks.Conv, precision: Any = HIGHEST) -> 
         dimension_numbers=dims, feature_group_count=groups, precision=precision)
 
 
-def _conv_dw(x: Array, dy: Array, g: _checks.Conv, precision: Any = HIGHEST) -> Array:
+def _conv_dw(x: Array, dy: Array, g: _checks.Conv, precision: Any) -> Array:
     """dw of conv2d for a checked geometry `g`: -> (kh, kw, C_in // groups, C_out).
 
     `dw[m, p, c, o] = sum_{n, i, j} x_pad[n, i*s + m*d, j*s + p*d, c] * dy[n, i, j, o]`: a

@@ -119,6 +119,11 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
     return computed_once(out)
 
 
+def is_pointwise(g: _checks.Conv) -> bool:
+    """A 1x1 convolution with stride 1 and no groups: one (N*H*W, C_in) @ (C_in, C_out) product."""
+    return g.win.size == (1, 1) and g.win.stride == (1, 1) and g.groups == 1
+
+
 def prefer_gemm(g: _checks.Conv, which: str, per_example: bool = False) -> bool:
     """The `impl="auto"` rule: per-offset products where they measured faster inside whole
     training steps, XLA's convolutions elsewhere (experiments/PERFORMANCE.md, rule by rule).
@@ -145,8 +150,8 @@ def prefer_gemm(g: _checks.Conv, which: str, per_example: bool = False) -> bool:
     one_channel = g.c_in // g.groups == 1
     if jax.default_backend() != "cpu":
         return one_channel
-    if g.win.size == (1, 1) and g.win.stride == (1, 1) and g.groups == 1:
-        return True  # a pointwise convolution is one matrix product
+    if is_pointwise(g):
+        return True
     if per_example and which == "dw" and (g.c_in > 1 or g.c_out == 1):
         return True
     if which == "forward":
