@@ -1,11 +1,11 @@
-"""A CNN written as plain functions on `jaxcnn.ops`, trained with optax: `jax.grad` runs the
+"""A CNN written as plain functions on `jaxcnn.bridge`, trained with optax: `jax.grad` runs the
 hand-written rules of `jaxcnn.backward`, while JAX differentiates the rest (a weight decay term).
 
     python experiments/bridge_example.py [--steps 300]
 
 Trains on scikit-learn's 8x8 digits (float32, Adam), prints the test accuracy, then shows in
 float64 that `jax.grad` of the same loss written with `jaxcnn.forward` (JAX's own derivatives)
-gives the same gradient: `jaxcnn.ops` and `jaxcnn.forward` have the same names and signatures, so
+gives the same gradient: `jaxcnn.bridge` and `jaxcnn.forward` have the same names and signatures, so
 the model takes the module as an argument.
 """
 
@@ -22,7 +22,11 @@ import optax
 
 jax.config.update("jax_enable_x64", True)  # for the float64 comparison; training is float32
 
-from jaxcnn import data, forward, grads, ops  # noqa: E402
+from jaxcnn import (
+    forward,
+)
+from jaxcnn.nn import grads  # noqa: E402
+from jaxcnn.training import data  # noqa: E402
 
 Params = dict[str, jax.Array]
 
@@ -37,7 +41,7 @@ def init(key: jax.Array, dtype=jnp.float32) -> Params:
 
 
 def apply(params: Params, x: jax.Array, f: ModuleType = ops) -> jax.Array:
-    """x (N, 8, 8, 1) -> logits (N, 10), built from `f`'s ops (jaxcnn.ops or jaxcnn.forward)."""
+    """x (N, 8, 8, 1) -> logits (N, 10), built from `f`'s ops (jaxcnn.bridge or jaxcnn.forward)."""
     h = f.max_pool(f.relu(f.conv2d(x, params["w1"], params["b1"], padding="SAME")))
     h = f.max_pool(f.relu(f.conv2d(h, params["w2"], params["b2"], padding="SAME")))
     return f.dense(f.flatten(h), params["w3"], params["b3"])
@@ -83,7 +87,7 @@ def main() -> None:
     manual = jax.jit(jax.grad(loss))(p64, x64, y)
     autodiff = jax.jit(jax.grad(lambda p, x, y: loss(p, x, y, f=forward)))(p64, x64, y)
     rows = grads.compare(manual, autodiff)
-    print(grads.format_table(rows, "jax.grad through jaxcnn.ops (hand-written rules) vs through "
+    print(grads.format_table(rows, "jax.grad through jaxcnn.bridge (hand-written rules) vs through "
                                    "jaxcnn.forward (JAX's derivatives), float64:"))
     worst = max(r.max_rel for r in rows)
     print(f"max relative difference over all parameters: {worst:.2e}")

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxcnn import trainer
+from jaxcnn.training import run as trainer
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "digits_curves.png"

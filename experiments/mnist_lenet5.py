@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxcnn import data, plots, trainer
+from jaxcnn.training import data, plots
+from jaxcnn.training import run as trainer
 
 HERE = Path(__file__).resolve().parent
 

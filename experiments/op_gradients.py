@@ -15,7 +15,10 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxcnn import backward, forward  # noqa: E402
+from jaxcnn import (
+    backward,
+    forward,
+)
 
 CONFIGS = [
     ("conv2d", [(2, 6, 6, 1), (3, 3, 1, 1)], {}),

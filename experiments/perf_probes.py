@@ -2,7 +2,7 @@
 
     python experiments/perf_probes.py [--only layers,rules,...,per_example] [--json FILE]
 
-Every section times its variants in the same process, interleaved in rounds (jaxcnn.bench), and
+Every section times its variants in the same process, interleaved in rounds (jaxcnn.tools.bench), and
 prints medians and per-round ratios; nothing is compared across runs.
 
   layers     each convolution of the benchmark nets, isolated: forward, dx and dw as XLA
@@ -29,7 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import _checks, backward, bench, conv_gemm, forward, grads, models, train
+from jaxcnn import _geometry, backward, fast, forward, models
+from jaxcnn.nn import grads
+from jaxcnn.tools import bench
+from jaxcnn.training import optim, per_example, steps
 
 CONVS = [  # (name, x shape, kernel, C_out, stride, padding, dilation, groups)
     ("lenet5 conv1", (128, 28, 28, 1), 5, 6, 1, "SAME", 1, 1),
@@ -65,7 +68,7 @@ def layers(rounds: int) -> list[dict[str, Any]]:
     for name, xs, k, c_out, stride, padding, dilation, groups in CONVS:
         x = jax.random.normal(jax.random.key(0), xs)
         w = jax.random.normal(jax.random.key(1), (k, k, xs[-1] // groups, c_out))
-        g = _checks.conv("probe", x, w, stride, padding, dilation, groups)
+        g = _geometry.conv("probe", x, w, stride, padding, dilation, groups)
         dy = jax.random.normal(jax.random.key(2), g.out_shape)
         flops = 2 * int(np.prod(g.out_shape)) * k * k * xs[-1] // groups
         times = bench.interleaved(_layer_fns(x, w, dy, stride=stride, padding=padding,
@@ -84,10 +87,10 @@ def layers(rounds: int) -> list[dict[str, Any]]:
 
 
 Rule = Callable[..., bool]  # (g, which, per_example=False) -> products?
-_kept = conv_gemm.prefer_gemm
+_kept = fast.auto.prefer_gemm
 
 
-def _one_channel(g: _checks.Conv) -> bool:
+def _one_channel(g: _geometry.Conv) -> bool:
     return g.c_in // g.groups == 1
 
 
@@ -103,7 +106,7 @@ RULES: dict[str, Rule] = {
     "gemm if one channel per group (the GPU auto)": lambda g, w, **_: _one_channel(g),
     "auto without dx gemm for C_in <= 16": lambda g, w, **kw: _kept(g, w, **kw) and not (
         w == "dx" and g.groups == 1 and 1 < g.c_in <= 16 and max(g.win.stride) == 1
-        and not conv_gemm.is_pointwise(g)),
+        and not fast.auto.is_pointwise(g)),
     "auto + dx gemm for every ungrouped conv": lambda g, w, **kw: (
         (w == "dx" and g.groups == 1) or _kept(g, w, **kw)),
     "auto (kept)": _kept,
@@ -111,7 +114,7 @@ RULES: dict[str, Rule] = {
 
 
 def _step_args(model: Any, batch: int) -> tuple:
-    opt = train.make_optimizer("sgd", 1e-3)
+    opt = optim.make_optimizer("sgd", 1e-3)
     params, state = model.init(jax.random.key(0)), model.init_state()
     x, y = bench.example_batch(model, batch)
     return opt, (params, state, opt.init(params), (x, y), jax.random.key(2))
@@ -119,18 +122,18 @@ def _step_args(model: Any, batch: int) -> tuple:
 
 def rules(rounds: int) -> dict[str, Any]:
     out = {}
-    kept = conv_gemm.prefer_gemm
+    kept = fast.auto.prefer_gemm
     for name, batch in bench.NETWORKS:
         model = models.get(name)
         opt, args = _step_args(model, batch)
         fns = {}
         for label, rule in RULES.items():
-            conv_gemm.prefer_gemm = rule  # read at trace time by impl="auto"
-            c = train.make_train_step(model, opt, "manual", impl="auto",
+            fast.auto.prefer_gemm = rule  # read at trace time by impl="auto"
+            c = steps.make_train_step(model, opt, "manual", impl="auto",
                                       donate=False).lower(*args).compile()
             fns[label] = partial(c, *args)
-        conv_gemm.prefer_gemm = kept
-        c = train.make_train_step(model, opt, "autodiff", donate=False).lower(*args).compile()
+        fast.auto.prefer_gemm = kept
+        c = steps.make_train_step(model, opt, "autodiff", donate=False).lower(*args).compile()
         fns["autodiff"] = partial(c, *args)
         times = bench.interleaved(fns, rounds=rounds)
         out[f"{name}:{batch}"] = {k: {"ms": _ms(t), "vs_autodiff": bench.ratios(
@@ -147,9 +150,9 @@ def options(rounds: int) -> dict[str, Any]:
         opt, args = _step_args(model, batch)
         fns = {}
         for grad in ("manual", "autodiff"):
-            lowered = jax.jit(train.train_step_fn(model, opt, grad)).lower(*args)
+            lowered = jax.jit(steps.train_step_fn(model, opt, grad)).lower(*args)
             for label, opts in (("xla defaults", {}), ("ynn fusions off",
-                                                        train.CPU_COMPILER_OPTIONS)):
+                                                        steps.CPU_COMPILER_OPTIONS)):
                 c = lowered.compile(compiler_options=opts or None)
                 fns[f"{grad}, {label}"] = partial(c, *args)
         times = bench.interleaved(fns, rounds=rounds)
@@ -181,8 +184,8 @@ def maxpool(rounds: int) -> dict[str, Any]:
 def donation(rounds: int) -> dict[str, Any]:
     model = models.get("cifar")
     opt, args = _step_args(model, 64)
-    plain = train.make_train_step(model, opt, "manual", donate=False)
-    donating = train.make_train_step(model, opt, "manual", donate=True)
+    plain = steps.make_train_step(model, opt, "manual", donate=False)
+    donating = steps.make_train_step(model, opt, "manual", donate=True)
     state = {"args": args}
 
     def run_donating():  # each call consumes its inputs: feed it its own outputs
@@ -214,19 +217,19 @@ def precision(rounds: int) -> dict[str, Any]:
 
 
 def pointwise(rounds: int) -> dict[str, Any]:
-    kept = conv_gemm.prefer_gemm
+    kept = fast.auto.prefer_gemm
     variants = {"auto (1x1 as one product, kept)": kept,
                 "auto with 1x1 as XLA convolutions": lambda g, w, **kw: (
-                    not conv_gemm.is_pointwise(g) and kept(g, w, **kw))}
+                    not fast.auto.is_pointwise(g) and kept(g, w, **kw))}
     model = models.get("deep")
     opt, args = _step_args(model, 64)
     fns = {}
     for label, rule in variants.items():
-        conv_gemm.prefer_gemm = rule
-        c = train.make_train_step(model, opt, "manual", impl="auto",
+        fast.auto.prefer_gemm = rule
+        c = steps.make_train_step(model, opt, "manual", impl="auto",
                                   donate=False).lower(*args).compile()
         fns[label] = partial(c, *args)
-    conv_gemm.prefer_gemm = kept
+    fast.auto.prefer_gemm = kept
     times = bench.interleaved(fns, rounds=rounds)
     base = times["auto with 1x1 as XLA convolutions"]
     out = {k: {"ms": _ms(t), "vs_1x1_conv": bench.ratios(t, base)} for k, t in times.items()}
@@ -243,7 +246,7 @@ def per_example(rounds: int) -> dict[str, Any]:
         fns = {"batch gradient": partial(jax.jit(lambda p, x, y, m=model: grads.manual_grad(
             m, p, x, y, impl="auto")[1]), params, x, y)}
         for label, impl in (("vmap, conv", "conv"), ("vmap, batch auto rule", "auto"),
-                            ("vmap, per-example rule (kept)", _checks.AUTO_PER_EXAMPLE)):
+                            ("vmap, per-example rule (kept)", _geometry.AUTO_PER_EXAMPLE)):
             f = jax.jit(lambda p, x, y, m=model, impl=impl: jax.vmap(
                 lambda xi, yi: grads.manual_grad(m, p, xi[None], yi[None], impl=impl)[1])(x, y))
             fns[label] = partial(f, params, x, y)

@@ -4,7 +4,7 @@
 
 `models.seed_cnn()` (15 parameters) on `data.synthetic_bars()`: the same initial parameters, the
 same optimizer, the same batches (`data.batches(..., seed, epoch)`) and the same step keys, once
-with `train.make_train_step(..., grad="manual")` and once with `grad="autodiff"`. Run in float32
+with `steps.make_train_step(..., grad="manual")` and once with `grad="autodiff"`. Run in float32
 and float64 (`--dtype float32 float64`, the default; `--dtype float64` for one of them).
 
 Shows that the two trajectories coincide: the per-step training losses overlaid (manual solid,
@@ -33,7 +33,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jaxcnn import data, grads, models, plots, train
+from jaxcnn import models
+from jaxcnn.nn import grads
+from jaxcnn.training import data, optim, plots, steps
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "seed_manual_vs_autodiff.png"
@@ -53,9 +55,9 @@ def run(grad: str, dtype: str, args: argparse.Namespace) -> dict:
     params = jax.tree.map(lambda a: a.astype(dt),
                           model.init(jax.random.fold_in(key, 0), jnp.float32))
     state = model.init_state(dt)
-    optimizer = train.make_optimizer(args.optimizer, args.lr)
+    optimizer = optim.make_optimizer(args.optimizer, args.lr)
     opt_state = optimizer.init(params)
-    step_fn = train.make_train_step(model, optimizer, grad)
+    step_fn = steps.make_train_step(model, optimizer, grad)
     step_key = jax.random.fold_in(key, 1)
     losses, step = [], 0
     for epoch in range(args.epochs):
@@ -66,7 +68,7 @@ def run(grad: str, dtype: str, args: argparse.Namespace) -> dict:
             losses.append(m["loss"])
             step += 1
     losses = np.array([float(v) for v in losses], np.float64)
-    test = train.evaluate(model, params, state, x_test, y_test)
+    test = steps.evaluate(model, params, state, x_test, y_test)
     return {"losses": losses, "params": params, "test_accuracy": test["accuracy"],
             "test_loss": test["loss"]}
 
@@ -138,7 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-train", type=int, default=512, help="synthetic training images")
-    p.add_argument("--optimizer", choices=train.OPTIMIZERS, default="sgd")
+    p.add_argument("--optimizer", choices=optim.OPTIMIZERS, default="sgd")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figure", type=Path, default=FIGURE, help="PNG to write")

@@ -2,7 +2,7 @@
 
     python experiments/vanishing_gradients.py
 
-Two stacks on the 8x8 digits, built from `jaxcnn.layers`: `--depth` (8) convolutions 3x3 SAME of
+Two stacks on the 8x8 digits, built from `jaxcnn.nn.layers`: `--depth` (8) convolutions 3x3 SAME of
 `--channels` (16) filters, each followed by `Sigmoid()` in one net and `ReLU()` in the other, then
 Flatten and Dense(10), softmax cross-entropy. Both are initialised with He normal (the library's
 default); the sigmoid stack is also shown with Glorot normal, the init meant for it.
@@ -10,13 +10,13 @@ default); the sigmoid stack is also shown with Glorot normal, the init meant for
 Every gradient is the hand-written backward pass: the per-layer norms ||dL/dW_l|| (weights only)
 come from `grads.manual_grad` on one fixed batch of `--grad-batch` training images, at
 initialisation and again after `--steps` (200) steps of plain SGD (`--lr` 0.05, batch 32), whose
-per-step norms come from `train.make_train_step`'s metrics["layer_grad_norms"] (weights and bias).
+per-step norms come from `steps.make_train_step`'s metrics["layer_grad_norms"] (weights and bias).
 conv1 has one input channel, so `--channels` times fewer weights than the other convolutions: its
 norm is somewhat lower even where nothing vanishes (the ReLU stack).
 
 Also an exploding case (skip with `--no-explode`): the ReLU stack initialised with twice He's
 standard deviation, so each layer doubles the signal, trained with the same SGD with and without
-`train.make_optimizer(..., clip=1.0)` (clipping by global norm, seed 003's remedy).
+`optim.make_optimizer(..., clip=1.0)` (clipping by global norm, seed 003's remedy).
 
 Prints a markdown table (first/last conv gradient norm and their ratio at init and after
 training, final test accuracy) and writes experiments/figures/vanishing_gradients.png
@@ -39,7 +39,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jaxcnn import data, grads, layers, network, plots, train
+from jaxcnn.nn import grads, layers, network
+from jaxcnn.training import data, optim, plots, steps
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "vanishing_gradients.png"
@@ -84,9 +85,9 @@ def run(net: tuple, ds: data.Dataset, args: argparse.Namespace) -> dict:
     xg, yg = ds.x_train[:args.grad_batch], ds.y_train[:args.grad_batch]
     grad_fn = jax.jit(lambda p: grads.manual_grad(model, p, xg, yg))  # the manual backward
     at_init = weight_norms(grad_fn, params)
-    optimizer = train.make_optimizer("sgd", args.lr, clip=clip)
+    optimizer = optim.make_optimizer("sgd", args.lr, clip=clip)
     state, opt_state = model.init_state(), optimizer.init(params)
-    step_fn = train.make_train_step(model, optimizer, "manual")
+    step_fn = steps.make_train_step(model, optimizer, "manual")
     metrics, step, epoch = [], 0, 0
     while step < args.steps:
         for xb, yb in data.batches(ds.x_train, ds.y_train, args.batch_size, seed=args.seed,
@@ -103,7 +104,7 @@ def run(net: tuple, ds: data.Dataset, args: argparse.Namespace) -> dict:
     per_step = {n: [float(m["layer_grad_norms"][n]) for m in metrics] for n in names}
     diverged = next((i + 1 for i, v in enumerate(losses) if not math.isfinite(v)), None)
     after = weight_norms(grad_fn, params)
-    test = train.evaluate(model, params, state, ds.x_test, ds.y_test)
+    test = steps.evaluate(model, params, state, ds.x_test, ds.y_test)
     convs = [i for i, n in enumerate(names) if n.startswith("conv")]
     first, last = convs[0], convs[-1]
 

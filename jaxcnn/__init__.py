@@ -1,10 +1,19 @@
 """jaxcnn: convolutional networks whose every gradient is written by hand in JAX.
 
-`jaxcnn.forward` holds the pure forward ops, `jaxcnn.backward` the hand-written rule for each,
-under the same names.
+    jaxcnn.forward      pure forward ops, one module per family (conv, pool, linear, ...)
+    jaxcnn.backward     the same modules and names, one hand-written rule each
+    jaxcnn.nn           layers, networks, models, whole-network gradients
+    jaxcnn.bridge       the rules inside any jax.grad (jax.custom_vjp)
+    jaxcnn.training     train steps, per-example gradients, data-parallel steps, the run loop
+    jaxcnn.tools        the walkthrough, gradcheck, bench and the `jaxcnn` command
+
+The layout and the rules are described in docs/design.md.
 """
 
 from jaxcnn import backward, forward
+from jaxcnn.nn import models
+from jaxcnn.nn.grads import autodiff_grad, manual_grad
+from jaxcnn.training.per_example import per_example_grads
 
-__all__ = ["backward", "forward"]
+__all__ = ["autodiff_grad", "backward", "forward", "manual_grad", "models", "per_example_grads"]
 __version__ = "0.1.0"

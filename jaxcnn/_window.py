@@ -1,7 +1,8 @@
 """The elements a sliding window reads at one offset, and the adjoint that puts them back.
 
-Shared by the pooling rules (jaxcnn.backward) and the per-offset convolution (jaxcnn.conv_gemm).
-For a window `win` (see `jaxcnn._checks.Window`) and a kernel offset (m, p), output (i, j) reads
+Shared by the pooling rules (jaxcnn.backward.pool) and the per-offset convolution
+(jaxcnn.fast.products).
+For a window `win` (see `jaxcnn._geometry.Window`) and a kernel offset (m, p), output (i, j) reads
 padded-input row `i*s + m*d` and column `j*s + p*d`.
 """
 
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn._checks import Window
+from jaxcnn._geometry import Window
 
 Array = jax.Array
 

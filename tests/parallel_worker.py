@@ -18,10 +18,20 @@ from jax.sharding import PartitionSpec as P
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxcnn import data, grads, models, ops, parallel, train  # noqa: E402
+from jaxcnn import (
+    bridge,
+    models,
+)
+from jaxcnn.nn import grads  # noqa: E402
+from jaxcnn.training import (  # noqa: E402
+    data,
+    optim,
+    parallel,
+    steps,
+)
 
 STEPS, BATCH = 20, 32
-OPT = train.make_optimizer("adam", 1e-3)
+OPT = optim.make_optimizer("adam", 1e-3)
 
 
 def max_rel(a, b) -> float:
@@ -65,11 +75,11 @@ def training(ds: data.Dataset) -> dict:
     results = {}
     for name, model in [("plain", models.lenet5_digits(dropout=0.0)),
                         ("batchnorm", models.deep_cnn((8, 8, 1), dropout=0.0))]:
-        ref = run(model, train.make_train_step(model, OPT, "manual"), xs, ys)
+        ref = run(model, steps.make_train_step(model, OPT, "manual"), xs, ys)
         runs = [("manual-8", model, 8, "manual"), ("autodiff-8", model, 8, "autodiff"),
                 ("manual-1", model, 1, "manual"), ("manual-2", model, 2, "manual")]
         if name == "batchnorm":
-            runs.append(("bridge-autodiff-8", ops.bridge(model), 8, "autodiff"))
+            runs.append(("bridge-autodiff-8", bridge.bridge(model), 8, "autodiff"))
         results[name] = {}
         for label, m, devices, grad in runs:
             mesh = parallel.make_mesh(devices)

@@ -114,13 +114,13 @@ def test_conv_formulations_match_vjp(case, impl):
 
 
 def test_computed_once_is_exact_and_a_product():
-    """conv_gemm.computed_once returns y bit for bit (finite y) and, on the CPU, as a product
+    """fast.products.computed_once returns y bit for bit (finite y) and, on the CPU, as a product
     XLA will not fuse into its consumers (the barrier the broadcast forms rely on)."""
-    from jaxcnn import conv_gemm
+    from jaxcnn import fast
     for dtype in (np.float32, np.float64):
         y = np.random.default_rng(0).normal(size=(3, 5, 5, 6)).astype(dtype) * 1e3
         y[0, 0, 0] = 0.0
-        once = jax.jit(conv_gemm.computed_once)
+        once = jax.jit(fast.products.computed_once)
         np.testing.assert_array_equal(np.asarray(once(y)), y)
         hlo = once.lower(y).compile().as_text()
         assert ("dot(" in hlo or "dot_general" in hlo) == (jax.default_backend() == "cpu")

@@ -2,7 +2,8 @@
 
 import json
 
-from jaxcnn import bench, cli, models
+from jaxcnn import models
+from jaxcnn.tools import bench, cli
 
 
 def test_step_flops_of_the_seed_net():

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from jaxcnn import bench_torch, models
+from jaxcnn import models
+from jaxcnn.tools import bench_torch
 
 
 def test_missing_torch_is_a_clear_import_error(monkeypatch):

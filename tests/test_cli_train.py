@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jaxcnn import cli
+from jaxcnn.tools import cli
 
 
 def test_short_run_writes_everything(tmp_path, capsys):

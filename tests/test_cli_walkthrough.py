@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import jaxcnn.backward
-from jaxcnn import cli, models, walkthrough
+from jaxcnn import models
+from jaxcnn.tools import cli, walkthrough
 
 
 def run_cli(capsys, *argv):
@@ -113,7 +114,7 @@ def test_bad_walkthrough_input_exits_2(capsys, tmp_path, argv, words):
 
 def test_console_script_in_a_subprocess(tmp_path):
     exe = shutil.which("jaxcnn")
-    cmd = [exe, "walkthrough"] if exe else [sys.executable, "-m", "jaxcnn.cli", "walkthrough"]
+    cmd = [exe, "walkthrough"] if exe else [sys.executable, "-m", "jaxcnn.tools.cli", "walkthrough"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     elapsed = time.perf_counter() - start

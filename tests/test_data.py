@@ -1,4 +1,4 @@
-"""jaxcnn.data: loaders, IDX reader errors, synthetic bars, seeded batching.
+"""jaxcnn.training.data: loaders, IDX reader errors, synthetic bars, seeded batching.
 
 NumPy only: no jax import, no network; IDX files are written into tmp_path by the tests.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxcnn import data
+from jaxcnn.training import data
 
 IDX_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype("i2"): 0x0B,
              np.dtype("i4"): 0x0C, np.dtype("f4"): 0x0D, np.dtype("f8"): 0x0E}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import _checks, forward
+from jaxcnn import _geometry, forward
 
 from helpers import assert_close
 from reference import conv2d as conv_oracle
@@ -34,14 +34,14 @@ def test_seed_shapes():
 ])
 def test_conv2d_matches_oracle(kw):
     x, w = rng.standard_normal((2, 9, 10, 4)), rng.standard_normal((3, 2, 4 // kw["groups"], 4))
-    g = _checks.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    g = _geometry.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
     y = forward.conv2d(x, w, **kw)
     assert_close(y, conv_oracle(x, w, g.win.stride, g.win.pads, g.win.dilation, g.groups), 1e-12)
 
 
 def test_padding_forms():
     x = np.zeros((1, 7, 8, 1))
-    pads = lambda p, k=(3, 3), s=(1, 1): _checks.window("t", (7, 8), k, s, (1, 1), p).pads
+    pads = lambda p, k=(3, 3), s=(1, 1): _geometry.window("t", (7, 8), k, s, (1, 1), p).pads
     assert pads("VALID") == ((0, 0), (0, 0))
     assert pads("same") == ((1, 1), (1, 1))
     assert pads("SAME", (4, 4), (2, 2)) == ((1, 2), (1, 1))  # as XLA: the extra row goes below
@@ -74,7 +74,7 @@ def test_dense_and_flatten():
                                 dict(window=(2, 3), stride=1, padding=((1, 0), (2, 1)))])
 def test_pools_match_oracle(kw):
     x = rng.standard_normal((2, 7, 8, 3))
-    win = _checks.pool("p", x, kw["window"], kw.get("stride"), kw.get("padding", "VALID"))
+    win = _geometry.pool("p", x, kw["window"], kw.get("stride"), kw.get("padding", "VALID"))
     windows = lambda fill: pool_windows(x, win.size, win.stride, win.pads, fill)
     area = win.size[0] * win.size[1]
     assert_close(forward.max_pool(x, **kw), windows(-np.inf).max(0), 1e-15)

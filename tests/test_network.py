@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import grads, layers, models, seed
-from jaxcnn.network import BINARY, Network
+from jaxcnn import models
+from jaxcnn.nn import grads, layers
+from jaxcnn.nn.network import BINARY, Network
+from jaxcnn.tools import worked_example
 
 MODELS = {"seed_cnn": models.seed_cnn, "lenet5": models.lenet5, "deep_cnn": models.deep_cnn}
 KEY = jax.random.key(42)  # the dropout key, shared by manual, autodiff and finite differences
@@ -106,14 +108,14 @@ def test_seed_activations_are_kept():
 
 @pytest.mark.parametrize("n", [1, 5])
 def test_seed_equation_by_equation(n):
-    """seed.seed_backward's every intermediate equals the generic backprop's deltas and
+    """worked_example.seed_backward's every intermediate equals the generic backprop's deltas and
     jax.grad's; its parameter gradients equal manual_grad and autodiff_grad."""
     m = models.seed_cnn()
     params = m.init(jax.random.key(3), jnp.float64)
     x, y = batch(m, n, seed_=4)
-    fwd = seed.seed_forward(params, x, y)
-    mine = seed.seed_backward(params, fwd, y)
-    auto = seed.seed_autodiff(params, fwd, y)
+    fwd = worked_example.seed_forward(params, x, y)
+    mine = worked_example.seed_backward(params, fwd, y)
+    auto = worked_example.seed_autodiff(params, fwd, y)
     for k in mine:
         np.testing.assert_allclose(mine[k], auto[k], rtol=1e-9, atol=1e-15, err_msg=k)
     trace = m.forward(params, x)
@@ -123,7 +125,7 @@ def test_seed_equation_by_equation(n):
     for name, delta in zip(["dZ1", "dA1", "dP1", "dF", "dZ2"], deltas[1:]):
         np.testing.assert_allclose(mine[name], delta, rtol=1e-12, atol=1e-16, err_msg=name)
     for g in (generic, grads.autodiff_grad(m, params, x, y)[1]):
-        for row in grads.compare(seed.seed_grads(mine), g):
+        for row in grads.compare(worked_example.seed_grads(mine), g):
             assert row.max_rel <= 1e-9, row
 
 

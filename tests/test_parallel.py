@@ -1,4 +1,4 @@
-"""jaxcnn.parallel: data-parallel training equals one device's training on the global batch.
+"""jaxcnn.training.parallel: data-parallel training equals one device's training on the global batch.
 
 The multi-device checks run once, in a subprocess with eight forced CPU devices
 (tests/parallel_worker.py): this process has one CPU device, and its XLA flags are fixed once jax
@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from jaxcnn import grads, models, parallel, train
+from jaxcnn import models
+from jaxcnn.nn import grads
+from jaxcnn.training import optim, parallel, steps
 
 HERE = Path(__file__).parent
 RTOL = 1e-12
@@ -90,7 +92,7 @@ def test_make_mesh_in_this_process():
 
 
 def test_bad_arguments():
-    model, opt = models.seed_cnn(), train.make_optimizer("sgd", 0.1)
+    model, opt = models.seed_cnn(), optim.make_optimizer("sgd", 0.1)
     with pytest.raises(ValueError, match="grad must be one of manual, autodiff"):
         parallel.make_parallel_train_step(model, opt, parallel.make_mesh(), "numeric")
     with pytest.raises(ValueError, match="impl must be one of conv, gemm, auto"):
@@ -101,12 +103,12 @@ def test_bad_arguments():
 
 
 def test_one_device_step_equals_train_step():
-    model, opt = models.seed_cnn(), train.make_optimizer("adam", 1e-2)
+    model, opt = models.seed_cnn(), optim.make_optimizer("adam", 1e-2)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 6, 6, 1)), rng.integers(0, 2, 8).astype(np.float64)
     params = model.init(jax.random.key(0), jnp.float64)
     mesh = parallel.make_mesh(1)
-    ref = train.make_train_step(model, opt, donate=False)(params, {}, opt.init(params), (x, y),
+    ref = steps.make_train_step(model, opt, donate=False)(params, {}, opt.init(params), (x, y),
                                                           jax.random.key(1))
     for grad, impl in [("manual", "conv"), ("autodiff", "conv"), ("manual", "gemm")]:
         step = parallel.make_parallel_train_step(model, opt, mesh, grad, impl=impl,
@@ -122,7 +124,7 @@ def test_train_cli_over_four_devices(tmp_path):
     is a one-line error with exit status 2."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    base = [sys.executable, "-m", "jaxcnn.cli", "train", "--model", "seed", "--data", "synthetic",
+    base = [sys.executable, "-m", "jaxcnn.tools.cli", "train", "--model", "seed", "--data", "synthetic",
             "--epochs", "1", "--quiet", "--devices", "4", "--out", str(tmp_path / "run")]
     ok = subprocess.run([*base, "--batch-size", "16"], env=env, capture_output=True, text=True,
                         timeout=300)

@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from jaxcnn import _checks, backward, forward
+from jaxcnn import _geometry, backward, forward
 
 from helpers import assert_close
 from reference import conv2d, conv2d_grads, max_pool_grad, pool_windows, scatter_windows
@@ -58,7 +58,7 @@ def conv_configs(draw):
     hw = [draw(st.integers(max(1, e - 4), e + 7)) for e in eff]
     n = draw(st.integers(1, 3))
     try:
-        _checks.conv("c", np.empty((n, *hw, c_in)), np.empty((*k, c_in // groups, c_out)),
+        _geometry.conv("c", np.empty((n, *hw, c_in)), np.empty((*k, c_in // groups, c_out)),
                      stride, padding, dilation, groups)
     except ValueError:
         hw = [e + draw(st.integers(0, 3)) for e in eff]  # too small for this padding: grow it
@@ -68,7 +68,7 @@ def conv_configs(draw):
                 kw=dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
 
 
-def _unread(win: _checks.Window, axis: int) -> np.ndarray:
+def _unread(win: _geometry.Window, axis: int) -> np.ndarray:
     """Input rows (along `axis`) that no output position reads."""
     (lo, _), h = win.pads[axis], win.in_hw[axis]
     read = np.zeros(h, bool)
@@ -85,7 +85,7 @@ def test_conv2d_backward_sweep(cfg, seed):
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(cfg["x"]), rng.standard_normal(cfg["w"])
     kw = cfg["kw"]
-    g = _checks.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    g = _geometry.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
     dy = rng.standard_normal(g.out_shape)
     # both formulations in one compiled program: the default convolutions and the GEMMs
     by_impl, y_gemm = jax.jit(lambda dy, x, w: (
@@ -151,7 +151,7 @@ def test_pool_backward_sweep(cfg, op, seed):
     shape, kw = cfg
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
-    win = _checks.pool(op, x, kw["window"], kw["stride"], kw["padding"])
+    win = _geometry.pool(op, x, kw["window"], kw["stride"], kw["padding"])
     dy = rng.standard_normal((shape[0], *win.out_hw, shape[3]))
     dx = jax.jit(lambda dy, x: getattr(backward, op)(dy, x, **kw))(dy, x)
     _, pullback = jax.vjp(lambda x: getattr(forward, op)(x, **kw), x)

@@ -10,7 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import backward, data, grads, models, train, trainer
+from jaxcnn import backward, models
+from jaxcnn.nn import grads
+from jaxcnn.training import data, optim, per_example, steps
+from jaxcnn.training import run as trainer
 
 from helpers import rel_err
 
@@ -28,10 +31,10 @@ def trajectory(grad: str, dtype, steps: int = STEPS, name: str = "lenet5-digits"
     dropout keys for every call; returns (losses, params). Batches of 8 keep the test fast:
     float64 convolutions have no optimised XLA:CPU kernel."""
     ds, m = digits(), models.get(name)
-    opt = train.make_optimizer("adam", 2e-3)
+    opt = optim.make_optimizer("adam", 2e-3)
     params = jax.tree.map(lambda a: a.astype(dtype), m.init(jax.random.key(0), jnp.float64))
     state, opt_state = m.init_state(dtype), opt.init(params)
-    step = train.make_train_step(m, opt, grad)
+    step = steps.make_train_step(m, opt, grad)
     losses, epoch = [], 0
     while len(losses) < steps:
         for xb, yb in data.batches(ds.x_train.astype(dtype), ds.y_train, batch, seed=0,
@@ -76,7 +79,7 @@ def test_per_example_grads_equal_a_loop_and_average_to_the_batch_gradient(impl):
     params = m.init(jax.random.key(1), jnp.float64)
     ds = digits()
     x, y = ds.x_train[:6], ds.y_train[:6]
-    per_example = jax.jit(lambda p, x, y: train.per_example_grads(m, p, x, y, impl=impl))(
+    per_example = jax.jit(lambda p, x, y: per_example.per_example_grads(m, p, x, y, impl=impl))(
         params, x, y)
     for i in range(len(x)):
         _, gi = grads.manual_grad(m, params, x[i:i + 1], y[i:i + 1])
@@ -89,7 +92,7 @@ def test_per_example_grads_check_impl():
     m = models.seed_cnn()
     x, y = np.zeros((2, 6, 6, 1)), np.zeros(2)
     with pytest.raises(ValueError, match="impl must be one of conv, gemm, auto; got 'fastest'"):
-        train.per_example_grads(m, m.init(jax.random.key(0), jnp.float64), x, y, impl="fastest")
+        per_example.per_example_grads(m, m.init(jax.random.key(0), jnp.float64), x, y, impl="fastest")
 
 
 def _one_update(opt, params, g):
@@ -102,24 +105,24 @@ def test_optimizers_follow_their_formulas():
     params = {"w": jnp.asarray(rng.standard_normal(5))}
     g = {"w": jnp.asarray(rng.standard_normal(5))}
     # seed 003: F_new = F_old - lr * dL/dF
-    new = _one_update(train.make_optimizer("sgd", 0.1), params, g)
+    new = _one_update(optim.make_optimizer("sgd", 0.1), params, g)
     np.testing.assert_allclose(new["w"], params["w"] - 0.1 * g["w"], rtol=1e-15)
     # clipping by global norm: g * clip / ||g|| when ||g|| > clip
-    clipped = _one_update(train.make_optimizer("sgd", 1.0, clip=0.5), params, g)
+    clipped = _one_update(optim.make_optimizer("sgd", 1.0, clip=0.5), params, g)
     norm = np.linalg.norm(g["w"])
     np.testing.assert_allclose(clipped["w"], params["w"] - g["w"] * 0.5 / norm, rtol=1e-12)
     # momentum's first step is plain SGD; Adam's first step is lr * sign(g) (bias-corrected)
-    np.testing.assert_allclose(_one_update(train.make_optimizer("momentum", 0.1), params, g)["w"],
+    np.testing.assert_allclose(_one_update(optim.make_optimizer("momentum", 0.1), params, g)["w"],
                                params["w"] - 0.1 * g["w"], rtol=1e-15)
-    np.testing.assert_allclose(_one_update(train.make_optimizer("adam", 0.1), params, g)["w"],
+    np.testing.assert_allclose(_one_update(optim.make_optimizer("adam", 0.1), params, g)["w"],
                                params["w"] - 0.1 * np.sign(g["w"]), rtol=1e-6)
 
 
 def test_layer_grad_norms_are_reported():
     m, ds = models.lenet5_digits(), digits()
-    opt = train.make_optimizer("sgd", 0.01)
+    opt = optim.make_optimizer("sgd", 0.01)
     params = m.init(jax.random.key(0), jnp.float64)
-    step = train.make_train_step(m, opt, "manual", donate=False)
+    step = steps.make_train_step(m, opt, "manual", donate=False)
     _, _, _, met = step(params, {}, opt.init(params), (ds.x_train[:8], ds.y_train[:8]),
                         jax.random.key(0))
     _, g = grads.manual_grad(m, params, ds.x_train[:8], ds.y_train[:8], train=True,
@@ -164,7 +167,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = trainer.TrainConfig(**{**SMALL, "epochs": 1})
     trainer.fit(cfg, tmp_path, progress=False, log=lambda s: None)
     good = (tmp_path / trainer.CHECKPOINT).read_bytes()
-    real_make = train.make_train_step
+    real_make = steps.make_train_step
 
     def poisoned(*args, **kw):
         step = real_make(*args, **kw)

@@ -71,10 +71,10 @@ def test_unguarded_textbook_dx_aborts_too():
 
 
 def test_predicate_flags_only_kernel2_stride2_axes():
-    from jaxcnn import _checks
+    from jaxcnn import _geometry
     x = np.zeros((1, 9, 9, 1))
     def flagged(k, s, d):
-        g = _checks.conv("c", x, np.zeros((*k, 1, 1)), s, "VALID", d, 1)
+        g = _geometry.conv("c", x, np.zeros((*k, 1, 1)), s, "VALID", d, 1)
         return backward.xla_may_abort(g.win)
     assert flagged((2, 3), (2, 1), (1, 2)) and flagged((3, 2), (1, 2), (1, 1))
     assert not flagged((3, 3), (2, 2), (2, 2)) and not flagged((2, 2), (2, 2), (2, 2))

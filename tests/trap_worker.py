@@ -14,7 +14,11 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxcnn import _checks, backward, forward  # noqa: E402
+from jaxcnn import (
+    _geometry,
+    backward,
+    forward,
+)
 
 from reference import conv2d_grads  # noqa: E402
 
@@ -24,7 +28,7 @@ def main(mode: str, cfg: dict) -> dict:
               dilation=tuple(cfg["dilation"]), groups=cfg.get("groups", 1))
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(cfg["x"]), rng.standard_normal(cfg["w"])
-    g = _checks.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    g = _geometry.conv("conv2d", x, w, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
     dy = rng.standard_normal(g.out_shape)
 
     def loss(x, w):  # <dy, conv2d(x, w)>: its gradient is exactly (dx, dw)

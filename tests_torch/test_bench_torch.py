@@ -1,4 +1,4 @@
-"""The PyTorch twins of `jaxcnn bench --against torch` compute jaxcnn's logits and train.
+"""The PyTorch twins of `jaxcnn bench --against torch` compute jaxcnn's logits and steps.
 
 PyTorch is an optional extra, absent from CI, so these tests live outside the default suite:
 `pip install -e ".[torch]"` (the CPU build, torch==2.13.0), then `pytest tests_torch`.
@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcnn import bench_torch, layers, models
-from jaxcnn.network import BINARY, SOFTMAX, Network
+from jaxcnn import models
+from jaxcnn.nn import layers
+from jaxcnn.nn.network import BINARY, SOFTMAX, Network
+from jaxcnn.tools import bench_torch
 
 NETS = [models.seed_cnn, models.lenet5, models.lenet5_digits, models.deep_cnn, models.cifar_cnn]
 
@@ -75,7 +77,7 @@ def test_every_layer_kind_and_padding(torch):
         layers.BatchNorm(name="bn1d"), layers.Dense(3, use_bias=False, name="out"),
     ], (9, 11, 2), SOFTMAX)
     if not all(getattr(layer, "spec", None) for layer in net.layers):
-        pytest.skip("jaxcnn.layers.Layer has no spec: only the registered models have twins")
+        pytest.skip("jaxcnn.nn.layers.Layer has no spec: only the registered models have twins")
     rng = np.random.default_rng(2)
     params = net.init(jax.random.key(3), np.float32)
     state = random_nonzero_state(net, rng)

@@ -21,7 +21,10 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from jaxcnn import bench, gradcheck, models, train, trainer, walkthrough
+from jaxcnn.nn import grads, models
+from jaxcnn.tools import bench, gradcheck, walkthrough
+from jaxcnn.training import optim
+from jaxcnn.training import run as trainer
 
 
 class Command(NamedTuple):
@@ -119,13 +122,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    f"(default {d.model})")
     p.add_argument("--data", default=d.data, help="digits (bundled, default), synthetic (6x6 "
                    "bars for the seed net), mnist:DIR or fashion:DIR (IDX files, raw or .gz)")
-    p.add_argument("--grad", default=d.grad, choices=train.GRADS,
+    p.add_argument("--grad", default=d.grad, choices=grads.GRADS,
                    help="hand-written backward pass or jax.grad (default manual)")
-    p.add_argument("--impl", default=d.impl, choices=("conv", "gemm", "auto"),
-                   help="formulation of the convolution gradients (default conv)")
-    p.add_argument("--optimizer", default=d.optimizer, choices=train.OPTIMIZERS)
+    p.add_argument("--impl", default="conv", choices=models.IMPLS,
+                   help="formulation of the model's convolutions, built in (default conv)")
+    p.add_argument("--optimizer", default=d.optimizer, choices=optim.OPTIMIZERS)
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    p.add_argument("--schedule", default=d.schedule, choices=train.SCHEDULES)
+    p.add_argument("--schedule", default=d.schedule, choices=optim.SCHEDULES)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--clip", type=float, default=None, help="clip gradients to this global norm")
@@ -144,8 +147,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = trainer.TrainConfig(**{f.name: getattr(args, f.name)
                                  for f in dataclasses.fields(trainer.TrainConfig)
                                  if hasattr(args, f.name)})
+    model = models.get(cfg.model, impl=args.impl) if cfg.model in models.MODELS else None
     try:
-        summary = trainer.fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        summary = trainer.fit(cfg, args.out, model=model, resume=args.resume,
+                              progress=not args.quiet)
     except trainer.TrainingStoppedError as e:
         print(f"jaxcnn train: stopped: {e}", file=sys.stderr)
         return 1
@@ -180,7 +185,7 @@ def _bench(args: argparse.Namespace) -> int:
                              f"{', '.join(models.MODELS)} and BATCH >= 1")
         networks.append((name, int(batch)))
     impls = tuple(args.impl.split(","))
-    if not set(impls) <= {"conv", "gemm", "auto"}:
+    if not set(impls) <= set(models.IMPLS):
         raise ValueError(f"--impl must list conv, gemm or auto; got {args.impl!r}")
     result = bench.run(tuple(networks), impls=impls, against_torch=args.against == "torch",
                        per_example=not args.no_per_example, rounds=args.rounds,

@@ -1,8 +1,8 @@
 """The hand-written rules inside any `jax.grad`: `jax.custom_vjp` versions of the forward ops.
 
-    from jaxcnn import ops
-    loss = lambda p, x, y: ops.softmax_cross_entropy(ops.dense(ops.flatten(
-        ops.max_pool(ops.relu(ops.conv2d(x, p["w1"], p["b1"])))), p["w2"], p["b2"]), y)
+    from jaxcnn import bridge
+    loss = lambda p, x, y: bridge.softmax_cross_entropy(bridge.dense(bridge.flatten(
+        bridge.max_pool(bridge.relu(bridge.conv2d(x, p["w1"], p["b1"])))), p["w2"], p["b2"]), y)
     jax.grad(loss)(params, x, y)      # runs jaxcnn.backward's rules, not JAX's derivatives
 
 Every function here has the name and signature of its `jaxcnn.forward` namesake. Its primal IS
@@ -37,9 +37,9 @@ import jax
 from jax import lax
 
 from jaxcnn import backward, forward
-from jaxcnn._checks import Padding
-from jaxcnn.layers import Layer
-from jaxcnn.network import Head, Network
+from jaxcnn._geometry import Padding
+from jaxcnn.nn.layers import Layer
+from jaxcnn.nn.network import Head, Network
 
 Array = jax.Array
 
@@ -120,7 +120,7 @@ def _call(name: str, args: tuple, **options: Any) -> Any:
         arrays = False
     if not arrays:  # let the forward op raise its own error for a bad argument
         getattr(forward, name)(*args, **options)
-        raise TypeError(f"jaxcnn.ops.{name}: arguments must be arrays and options hashable; "
+        raise TypeError(f"jaxcnn.bridge.{name}: arguments must be arrays and options hashable; "
                         f"got {args!r}, {options!r}")
     return _custom(name, key, _typed(key))(*args)
 
@@ -256,12 +256,11 @@ def _bridge_layer(layer: Layer) -> Layer:
     """The layer with its apply wrapped in a custom_vjp whose bwd is `layer.backward`.
 
     Differentiable: params and x. Not: state (an auxiliary output) and key (arguments), nor the
-    static keywords (train, axis_name, impl, ...), which are closed over.
+    static keywords (train, axis_name), which are closed over.
     """
 
     def apply(params, state, x, *, key=None, **static_kw):
         static: dict[str, Any] = {}  # the residual's non-array part, recorded while tracing
-        backward_kw = {"impl": static_kw["impl"]} if "impl" in static_kw else {}
 
         def run(params, x, state, key):
             y, new_state, residual = layer.apply(params, state, x, key=key, **static_kw)
@@ -278,15 +277,17 @@ def _bridge_layer(layer: Layer) -> Layer:
 
         def bwd(saved, cts):
             params, x, arrays = saved
-            dx, g = layer.backward(params, x, _join(arrays, static["residual"]), cts[0],
-                                   **backward_kw)
+            dx, g = layer.backward(cts[0], params, x, _join(arrays, static["residual"]))
             return jax.tree.map(_like, g, params), _like(dx, x), None, None
 
         f.defvjp(fwd, bwd)
         y, new_state, arrays = f(params, x, state, key)
         return y, new_state, _join(arrays, static["residual"])
 
-    return layer._replace(apply=apply)
+    def with_impl(impl: str) -> Layer:
+        return _bridge_layer(layer.with_impl(impl))
+
+    return layer._replace(apply=apply, with_impl=with_impl if layer.with_impl else None)
 
 
 @functools.cache
@@ -308,22 +309,12 @@ def _head_loss(head: Head) -> Any:
     return loss
 
 
-class BridgedNetwork(Network):
-    """A `Network` whose layers and loss head differentiate by their hand-written rules."""
-
-    def loss_and_aux(self, params, x, y, **kw):
-        """As `Network.loss_and_aux`, the loss head's gradient being `head.delta`."""
-        self.check_labels(x, y)
-        trace = self.forward(params, x, **kw)
-        logits = trace.activations[-1]
-        return _head_loss(self.head)(logits, y), (trace.state, logits)
-
-
-def bridge(model: Network) -> BridgedNetwork:
-    """The same network (name, input shape, layer names, head; interchangeable params and state)
+def bridge(model: Network) -> Network:
+    """The same network (name, input shape, layer names; interchangeable params and state)
     whose every layer's apply is a custom_vjp running that layer's hand-written backward, and
     whose loss head's backward is its fused delta: `jax.grad(bridge(model).loss)(params, x, y,
-    ...)` equals `grads.manual_grad(model, ...)`, and works under jit, vmap, jax.checkpoint and
+    ...)` equals `jaxcnn.manual_grad(model, ...)`, and works under jit, vmap, jax.checkpoint and
     inside shard_map. The manual path (`Network.backprop`) works on it unchanged."""
-    return BridgedNetwork(model.name, [_bridge_layer(layer) for layer in model.layers],
-                          model.input_shape, model.head)
+    head = model.head._replace(loss=_head_loss(model.head))
+    return Network(model.name, [_bridge_layer(layer) for layer in model.layers],
+                   model.input_shape, head)

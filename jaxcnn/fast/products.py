@@ -10,8 +10,8 @@ For each kernel offset (m, p) the forward reads one strided "tap" of the padded 
 With groups, each product is batched over the groups. Where every group has a single input
 channel (C_in = 1, or depthwise) the products degenerate to broadcast multiplies and sums, which
 XLA fuses into one loop. These are the sums of `jaxcnn.forward.conv2d` and of the
-`lax.conv_general_dilated` rules in `jaxcnn.backward`, in another order. `prefer_gemm` is the
-`impl="auto"` rule, measured in experiments/PERFORMANCE.md.
+`lax.conv_general_dilated` rules in `jaxcnn.backward.conv`, in another order. Which form runs
+where is `jaxcnn.fast.auto`'s measured rule.
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import _checks, _window
+from jaxcnn import _geometry, _window
 
 Array = jax.Array
-BARRIER = False
 
 
-def _padded(x: Array, win: _checks.Window) -> Array:
+def _padded(x: Array, win: _geometry.Window) -> Array:
     return jnp.pad(x, ((0, 0), *win.pads, (0, 0)))
 
 
-def _per_output_channel(t: Array, g: _checks.Conv) -> Array:
+def _per_output_channel(t: Array, g: _geometry.Conv) -> Array:
     """A one-channel-per-group tap (..., C_in) repeated to line up with the outputs (..., C_out):
     output channel o reads input channel o // (C_out / groups)."""
     return jnp.repeat(t, g.c_out // g.groups, axis=-1) if g.c_in > 1 else t
@@ -43,7 +42,7 @@ def _grouped(a: Array, groups: int) -> Array:
     return a.reshape(-1, groups, a.shape[-1] // groups)
 
 
-def forward(x: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
+def forward(x: Array, w: Array, g: _geometry.Conv, precision: Any) -> Array:
     """y = conv2d(x, w) without bias: (N, O_h, O_w, C_out), one product per kernel offset."""
     xp, out = _padded(x, g.win), None
     for m, p in _window.offsets(g.win):
@@ -77,7 +76,7 @@ def computed_once(y: Array) -> Array:
     return jnp.matmul(y, jnp.eye(y.shape[-1], dtype=y.dtype), precision=lax.Precision.HIGHEST)
 
 
-def dw(x: Array, dy: Array, g: _checks.Conv, precision: Any) -> Array:
+def dw(x: Array, dy: Array, g: _geometry.Conv, precision: Any) -> Array:
     """dW of conv2d: (kh, kw, C_in // groups, C_out), one product per kernel offset."""
     xp, taps = _padded(x, g.win), []
     for m, p in _window.offsets(g.win):
@@ -94,7 +93,7 @@ def dw(x: Array, dy: Array, g: _checks.Conv, precision: Any) -> Array:
     return jnp.stack(taps).reshape(*g.win.size, *taps[0].shape)
 
 
-def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
+def dx(dy: Array, w: Array, g: _geometry.Conv, precision: Any) -> Array:
     """dx of conv2d: (N, H, W, C_in); each offset's `dy @ w[m, p]^T` spread back over the input
     rows that offset read (lax.pad with interior padding s - 1; negative pads crop the padding).
     Without groups the k*k products are one: `dy @ [w[0, 0]^T | w[0, 1]^T | ...]`, (M, C_out) @
@@ -117,46 +116,3 @@ def dx(dy: Array, w: Array, g: _checks.Conv, precision: Any) -> Array:
         v = _window.spread(v, m, p, win)
         out = v if out is None else out + v
     return computed_once(out)
-
-
-def is_pointwise(g: _checks.Conv) -> bool:
-    """A 1x1 convolution with stride 1 and no groups: one (N*H*W, C_in) @ (C_in, C_out) product."""
-    return g.win.size == (1, 1) and g.win.stride == (1, 1) and g.groups == 1
-
-
-def prefer_gemm(g: _checks.Conv, which: str, per_example: bool = False) -> bool:
-    """The `impl="auto"` rule: per-offset products where they measured faster inside whole
-    training steps, XLA's convolutions elsewhere (experiments/PERFORMANCE.md, rule by rule).
-
-    which: "forward", "dx" or "dw". On the CPU, products for:
-      * every op of a 1x1 convolution with stride 1 and no groups: it is one matrix product;
-      * the forward where each group has one input channel (a grey-scale net's first layer,
-        depthwise layers), and dx and dw of depthwise layers: XLA:CPU runs those convolutions
-        at a few GFLOP/s, the broadcast form fuses into one loop;
-      * dx for strides > 1 (the convolution form needs an lhs dilation) and, without groups,
-        for x of at most 16 channels (XLA's convolution runs at ~20 GFLOP/s there; the products
-        are one GEMM, see `dx`).
-    Elsewhere XLA's convolutions win: inside a whole step the products' elementwise tails fuse
-    with their neighbours and are recomputed, or the GEMMs are no faster (dw above all).
-    On GPUs (and TPUs, by the same rule, unmeasured) every op of a one-channel-per-group
-    convolution runs as products, every other convolution through the backend's library.
-
-    per_example: the rule for one example per call under `vmap` (`train.per_example_grads`).
-    There XLA turns each example's dw convolution into one group of a grouped convolution, slow
-    on XLA:CPU, while the products become batched matrix products: on the CPU, dw runs as
-    products wherever x has more than one channel, or the layer one input and one output
-    channel (the seed net's convolution: 1.9x the batch gradient instead of 3.7x).
-    """
-    one_channel = g.c_in // g.groups == 1
-    if jax.default_backend() != "cpu":
-        return one_channel
-    if is_pointwise(g):
-        return True
-    if per_example and which == "dw" and (g.c_in > 1 or g.c_out == 1):
-        return True
-    if which == "forward":
-        return one_channel
-    if which == "dw":
-        return one_channel and g.c_in > 1
-    return ((one_channel and g.c_in > 1) or max(g.win.stride) > 1
-            or (g.groups == 1 and g.c_in <= 16))

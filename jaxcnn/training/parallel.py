@@ -5,7 +5,7 @@
     params, state, opt_state = replicate((params, state, opt_state), mesh)
     params, state, opt_state, metrics = step(params, state, opt_state, (x, y), key)
 
-The step has exactly the signature and metrics of `jaxcnn.train.make_train_step`. Inside
+The step has exactly the signature and metrics of `jaxcnn.training.steps.make_train_step`. Inside
 `jax.shard_map`, each of the D devices holds the whole (replicated) params, state and optimizer
 state and a shard of B / D examples of the global batch x (B, H, W, C), y (B,). It computes the
 gradient of its shard's mean loss with the hand-written backward pass (BatchNorm's statistics and
@@ -37,10 +37,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn import grads as grads_lib
-from jaxcnn._checks import IMPLS
-from jaxcnn.network import Network
-from jaxcnn.train import GRADS, accuracy, jit_with_options, layer_norms
+from jaxcnn.nn.grads import value_and_grad
+from jaxcnn.nn.network import Network
+from jaxcnn.training.steps import jit_with_options, update_and_metrics
 
 Array = jax.Array
 AXIS = "data"
@@ -91,10 +90,10 @@ def _check_batch(model: Network, x: Any, y: Any, devices: int) -> None:
 
 
 def make_parallel_train_step(model: Network, optimizer: optax.GradientTransformation,
-                             mesh: Mesh, grad: str = "manual", *, impl: str = "conv",
+                             mesh: Mesh, grad: str = "manual", *,
                              donate: bool = True) -> Callable:
     """A jitted data-parallel step `(params, state, opt_state, (x, y), key) -> (params, state,
-    opt_state, metrics)`, with `jaxcnn.train.make_train_step`'s signature and metrics.
+    opt_state, metrics)`, with `make_train_step`'s signature and metrics.
 
     x: (B, H, W, C) and y: (B,) are split along the batch over the mesh's "data" axis; B must be
     a multiple of the mesh size D (a ValueError at the call, naming both). params, state,
@@ -102,18 +101,10 @@ def make_parallel_train_step(model: Network, optimizer: optax.GradientTransforma
     metrics: "loss" and "accuracy" of the global batch, "grad_norm" and "layer_grad_norms" of the
     global gradient.
 
-    grad="manual": each device runs the hand-written backward pass on its B / D examples
-    (`axis_name="data"`), then `lax.pmean` averages the gradients, loss and accuracy.
-    grad="autodiff": `jax.value_and_grad` of the GLOBAL mean loss, `lax.pmean(local loss)`. Why
-    not of the local loss: inside `shard_map` (with its default `check_vma=True`) JAX knows that
-    params are replicated and transposes their implicit broadcast into a `psum`, so the gradient
-    of the local loss is already summed over devices: the gradient of the SUM of the D shard
-    losses, D times the global gradient, and a `pmean` after it changes nothing. (With
-    `check_vma=False` each device instead gets a partial gradient whose `pmean` is right.)
-    Differentiating `pmean(local loss)` gives the global gradient exactly, BatchNorm's
-    cross-device terms included; tests/test_parallel.py checks both paths against one device.
-
-    impl: the formulation of the convolutions ("conv", "gemm", "auto"), as `make_train_step`.
+    The gradient is `jaxcnn.nn.grads.value_and_grad(model, grad, axis_name="data")`: manual,
+    each device backprops its B / D examples and `lax.pmean` averages the gradients; autodiff,
+    `jax.grad` of the global mean loss (see there why not of the local one). The update and the
+    metrics are `steps.update_and_metrics`, as on one device.
 
     Dropout: each device draws its mask from `fold_in(key, device index)`, so a run with Dropout
     is statistically, not bitwise, the same as one device's run on the whole batch (whose mask is
@@ -123,42 +114,20 @@ def make_parallel_train_step(model: Network, optimizer: optax.GradientTransforma
     (do not use them after the call; `replicate` them onto the mesh first, or the donation of
     single-device arrays cannot be honoured and JAX warns).
     """
-    if grad not in GRADS:
-        raise ValueError(f"grad must be one of {', '.join(GRADS)}; got {grad!r}")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
     if AXIS not in mesh.axis_names:
         raise ValueError(f"the mesh needs an axis named {AXIS!r} (see make_mesh); "
                          f"got axes {mesh.axis_names}")
     devices = mesh.shape[AXIS]
-
-    def value_and_grad(params, state, x, y, key):
-        """On one device: (global mean loss or local loss, grads of the global mean loss,
-        (new state, local logits))."""
-        kw = dict(state=state, train=True, key=key, axis_name=AXIS, impl=impl)
-        if grad == "manual":
-            loss, g, aux = grads_lib.manual_value_and_grad(model, params, x, y, **kw)
-            return loss, lax.pmean(g, AXIS), aux
-
-        def global_loss(p):
-            loss, aux = model.loss_and_aux(p, x, y, **kw)
-            return lax.pmean(loss, AXIS), aux
-
-        (loss, aux), g = jax.value_and_grad(global_loss, has_aux=True)(params)
-        return loss, g, aux
+    vg = value_and_grad(model, grad, axis_name=AXIS)
 
     def local_step(params, state, opt_state, x, y, key):
         """One device's share: x (B / D, H, W, C), y (B / D,); everything else replicated."""
         key = jax.random.fold_in(key, lax.axis_index(AXIS))
-        loss, g, (new_state, logits) = value_and_grad(params, state, x, y, key)
+        loss, g, (new_state, logits) = vg(params, x, y, state=state, train=True, key=key)
         # identical on every device already (synchronised statistics); the pmean guards drift
         new_state = lax.pmean(new_state, AXIS)
-        updates, opt_state = optimizer.update(g, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = {"loss": lax.pmean(loss, AXIS),
-                   "accuracy": lax.pmean(accuracy(model, logits, y), AXIS),
-                   "grad_norm": optax.tree_utils.tree_norm(g), "layer_grad_norms": layer_norms(g)}
-        return params, new_state, opt_state, metrics
+        return update_and_metrics(model, optimizer, (params, state, opt_state), new_state, loss,
+                                  g, logits, y, axis_name=AXIS)
 
     sharded = jax.shard_map(local_step, mesh=mesh,
                             in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P()),

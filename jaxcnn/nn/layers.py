@@ -4,20 +4,22 @@
         in_shape, out_shape: the shape of one example, without the batch axis, e.g. (H, W, C);
         params: a dict of named trainable arrays ({} for layers without any);
         state: a dict of named non-trainable arrays (BatchNorm's running averages), else {}.
-    apply(params, state, x, *, train, key, axis_name, impl) -> (y, state, residual)
+    apply(params, state, x, *, train, key, axis_name) -> (y, state, residual)
         x: (N, *in_shape) -> y: (N, *out_shape). `key` is this layer's PRNG key (Dropout uses it
         in training); `axis_name` names the mapped device axis in data-parallel training
-        (BatchNorm's statistics span it); `impl` is the formulation of convolutions ("conv",
-        "gemm", "auto"; see forward.conv2d). `residual` is whatever backward needs besides x:
-        Dropout's mask, how BatchNorm normalised; None for most layers.
-    backward(params, x, residual, dy, *, impl) -> (dx, grads)
-        The hand-written rule: dy = dL/dy (N, *out_shape) -> dx = dL/dx, and grads = dL/dparams
-        with exactly the keys of params. Built from `jaxcnn.backward` only. `impl` picks the
-        formulation of convolution gradients ("conv", "gemm", "auto"; see backward.conv2d).
+        (BatchNorm's statistics span it). `residual` is what backward needs besides x, so that
+        it recomputes nothing: ReLU's output, Dropout's mask, BatchNorm's x_hat and 1/sigma;
+        None for most layers.
+    backward(dy, params, x, residual) -> (dx, grads)
+        The hand-written rule, upstream gradient first as in `jaxcnn.backward`: dy = dL/dy
+        (N, *out_shape) -> dx = dL/dx, and grads = dL/dparams with exactly the keys of params.
+        Built from `jaxcnn.backward` only.
 
-A `Layer` bundles the three with a name and a `spec` (its constructor and options, for tools that
-rebuild the network elsewhere, such as the PyTorch twin of the benchmark); `jaxcnn.network.Network`
-chains them.
+A `Layer` bundles the three with a name, a `spec` (its constructor and options, for tools that
+rebuild the network elsewhere, such as the PyTorch twin of the benchmark) and, for the layers
+that have one, `with_impl`: the same layer with another formulation of its convolutions ("conv",
+"gemm", "auto"; see `jaxcnn.fast.auto`), chosen when the layer is built, never per call.
+`jaxcnn.nn.network.Network` chains them.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import _checks, backward, forward
-from jaxcnn._checks import Padding
+from jaxcnn import _geometry, backward, forward
+from jaxcnn._geometry import Padding
+from jaxcnn.backward.norm import normalized
+from jaxcnn.forward.conv import check_impl
+from jaxcnn.forward.norm import normalize
 
 Array = jax.Array
 Shape = tuple[int, ...]
@@ -43,6 +48,7 @@ class Layer(NamedTuple):
     apply: Callable[..., tuple[Array, dict, Any]]
     backward: Callable[..., tuple[Array, dict]]
     spec: dict = {}  # noqa: RUF012  the constructor and its options, e.g. {"kind": "MaxPool", ...}
+    with_impl: Callable[[str], Layer] | None = None  # the layer rebuilt with another impl
 
 
 def _out_shape(fn: Callable, in_shape: Shape, dtype: Any, *args: Any) -> Shape:
@@ -57,10 +63,10 @@ def _no_params(kind: str, name: str, fwd: Callable, bwd: Callable, **opts: Any) 
     def init(key, in_shape, dtype):
         return _out_shape(lambda x: fwd(x, **opts), in_shape, dtype), {}, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return fwd(x, **opts), state, None
 
-    def backward_(params, x, residual, dy, *, impl="conv"):
+    def backward_(dy, params, x, residual):
         return bwd(dy, x, **opts), {}
 
     return Layer(name, init, apply, backward_, {"kind": kind, **opts})
@@ -70,14 +76,16 @@ def _no_params(kind: str, name: str, fwd: Callable, bwd: Callable, **opts: Any) 
 def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
            stride: int | tuple[int, int] = 1, padding: Padding = "VALID",
            dilation: int | tuple[int, int] = 1, groups: int = 1, use_bias: bool = True,
-           w_init: Initializer = HE_NORMAL, name: str = "conv") -> Layer:
+           w_init: Initializer = HE_NORMAL, impl: str = "conv", name: str = "conv") -> Layer:
     """2-D convolution (cross-correlation) with `features` filters of size `kernel`.
 
     params: {"w": (kh, kw, C_in // groups, features), "b": (features,)}. (H, W, C_in) ->
-    (O_h, O_w, features); all of `forward.conv2d`'s options.
+    (O_h, O_w, features); all of `forward.conv2d`'s options, and `impl`, the formulation of the
+    forward and of the rule (see `jaxcnn.fast.auto`).
     """
     opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    kh, kw = _checks.pair("Conv2D", "kernel", kernel)
+    kh, kw = _geometry.pair("Conv2D", "kernel", kernel)
+    check_impl(f"Conv2D {name!r}", impl)
 
     def init(key, in_shape, dtype):
         w = w_init(key, (kh, kw, in_shape[-1] // groups, features), dtype)
@@ -85,16 +93,20 @@ def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
         out = _out_shape(lambda x, w: forward.conv2d(x, w, **opts), in_shape, dtype, w)
         return out, params, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return forward.conv2d(x, params["w"], params.get("b"), **opts, impl=impl), state, None
 
-    def backward_(params, x, residual, dy, *, impl="conv"):
+    def backward_(dy, params, x, residual):
         dx, dw, db = backward.conv2d(dy, x, params["w"], **opts, impl=impl)
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
+    def with_impl(new: str) -> Layer:
+        return Conv2D(features, (kh, kw), **opts, use_bias=use_bias, w_init=w_init, impl=new,
+                      name=name)
+
     spec = {"kind": "Conv2D", "features": features, "kernel": (kh, kw), "use_bias": use_bias,
-            **opts}
-    return Layer(name, init, apply, backward_, spec)
+            "impl": impl, **opts}
+    return Layer(name, init, apply, backward_, spec, with_impl)
 
 
 def Dense(features: int, *, use_bias: bool = True,
@@ -112,10 +124,10 @@ def Dense(features: int, *, use_bias: bool = True,
         params = {"w": w, "b": jnp.zeros((features,), dtype)} if use_bias else {"w": w}
         return (features,), params, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return forward.dense(x, params["w"], params.get("b")), state, None
 
-    def backward_(params, x, residual, dy, *, impl="conv"):
+    def backward_(dy, params, x, residual):
         dx, dw, db = backward.dense(dy, x, params["w"])
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
@@ -124,7 +136,7 @@ def Dense(features: int, *, use_bias: bool = True,
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnorm") -> Layer:
-    """Batch normalization over every axis but the channels (seed 003).
+    """Batch normalization over every axis but the channels.
 
     Training normalises with the batch's statistics (and backpropagates through them) and
     updates the running averages `new = momentum * old + (1 - momentum) * batch` (biased batch
@@ -142,22 +154,26 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
         params = {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
         return in_shape, params, initial_state(c, dtype)
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
-        g, b = params["gamma"], params["beta"]
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
+        _geometry.batch_norm(f"BatchNorm {name!r}", x, params["gamma"], params["beta"], None,
+                             None)
         state = state or initial_state(x.shape[-1], x.dtype)
-        if not train:
-            stats = {"mean": state["mean"], "var": state["var"]}
-            return forward.batch_norm(x, g, b, **stats, eps=eps), state, stats
-        mean, var = forward.moments(x, axis_name=axis_name)
-        new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
+        if train:  # the batch's statistics: computed once, kept for the running averages
+            mean, var = forward.moments(x, axis_name=axis_name)
+            state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
                      "var": momentum * state["var"] + (1 - momentum) * var}
-        y = forward.batch_norm(x, g, b, eps=eps, axis_name=axis_name)
-        return y, new_state, {"axis_name": axis_name}
+        else:
+            mean, var = state["mean"], state["var"]
+        y, x_hat, inv_sigma = normalize(x, params["gamma"], params["beta"], mean, var, eps)
+        return y, state, {"x_hat": x_hat, "inv_sigma": inv_sigma, "train": train,
+                          "axis_name": axis_name}
 
-    def backward_(params, x, residual, dy, *, impl="conv"):
-        # residual: the running statistics used (evaluation), or the device axis (training)
-        dx, dgamma, dbeta = backward.batch_norm(dy, x, params["gamma"], params["beta"],
-                                                **residual, eps=eps)
+    def backward_(dy, params, x, residual):
+        # residual: the forward's x_hat and 1/sigma, whether they were batch statistics, and
+        # the device axis they span
+        dx, dgamma, dbeta = normalized(dy, residual["x_hat"], residual["inv_sigma"],
+                                       params["gamma"], training=residual["train"],
+                                       axis_name=residual["axis_name"])
         return dx, {"gamma": dgamma, "beta": dbeta}
 
     return Layer(name, init, apply, backward_,
@@ -176,7 +192,7 @@ def Dropout(rate: float, *, name: str = "dropout") -> Layer:
     def init(key, in_shape, dtype):
         return in_shape, {}, {}
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         if not train or rate == 0.0:
             return x, state, None
         if key is None:
@@ -184,14 +200,14 @@ def Dropout(rate: float, *, name: str = "dropout") -> Layer:
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0), state, keep
 
-    def backward_(params, x, keep, dy, *, impl="conv"):
+    def backward_(dy, params, x, keep):
         return (dy if keep is None else jnp.where(keep, dy / (1.0 - rate), 0)), {}
 
     return Layer(name, init, apply, backward_, {"kind": "Dropout", "rate": rate})
 
 
 def Flatten(*, name: str = "flatten") -> Layer:
-    """(H, W, C) -> (H * W * C,), row-major (seed 000's F = Flatten(P1))."""
+    """(H, W, C) -> (H * W * C,), row-major (the worked example's F = Flatten(P1))."""
     return _no_params("Flatten", name, forward.flatten, backward.flatten)
 
 
@@ -224,11 +240,11 @@ def ReLU(*, name: str = "relu") -> Layer:
     backward's fusion, costing LeNet-5's step ~25%: experiments/PERFORMANCE.md)."""
     base = _no_params("ReLU", name, forward.relu, backward.relu)
 
-    def apply(params, state, x, *, train=False, key=None, axis_name=None, impl="conv"):
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
         y = forward.relu(x)
         return y, state, y
 
-    def backward_(params, x, y, dy, *, impl="conv"):
+    def backward_(dy, params, x, y):
         return backward.relu(dy, y), {}
 
     return base._replace(apply=apply, backward=backward_)

@@ -1,12 +1,12 @@
-"""The seeds' running example, written equation by equation (seeds 000 and 001).
+"""The worked example, written equation by equation: a 15-parameter CNN on one 6x6 image.
 
     X (N, 6, 6, 1) -> Z1 = conv(X, W1) + B1 -> A1 = ReLU(Z1) -> P1 = MaxPool(A1) -> F = Flatten(P1)
       -> Z2 = F W2 + B2 -> A2 = sigmoid(Z2) -> L = BCE(Y, A2), the mean over the batch.
 
-`seed_forward` and `seed_backward` keep every intermediate under the seeds' names;
+`seed_forward` and `seed_backward` keep every intermediate under the worked example's names;
 `seed_autodiff` gets the same derivatives from `jax.grad`, one intermediate at a time, as the
 reference. With a batch of N images the loss is a mean, so every delta carries a factor 1 / N
-that the seeds (one image) do not show.
+that the worked example (one image) does not show.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import backward, forward
-from jaxcnn.network import Params
+from jaxcnn.nn.network import Params
 
 Array = jax.Array
-FORWARD_NAMES = ("X", "Z1", "A1", "P1", "F", "Z2", "A2", "L")
 
 
 def seed_forward(params: Params, X: Array, Y: Array) -> dict[str, Array]:

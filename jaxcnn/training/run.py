@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import checkpoint, data, gradcheck, grads, models, parallel, plots, train
-from jaxcnn._checks import IMPLS
-from jaxcnn.network import BINARY, Network
+from jaxcnn.nn import grads, models
+from jaxcnn.nn.network import Network
+from jaxcnn.training import checkpoint, data, optim, parallel, plots, steps
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -42,7 +42,6 @@ class TrainConfig:
     model: str = "lenet5-digits"
     data: str = "digits"
     grad: str = "manual"
-    impl: str = "conv"
     optimizer: str = "adam"
     lr: float = 2e-3
     schedule: str = "cosine"
@@ -60,10 +59,8 @@ class TrainConfig:
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of "
                              f"{', '.join(models.MODELS)}")
-        if self.grad not in train.GRADS:
-            raise ValueError(f"--grad must be one of {', '.join(train.GRADS)}; got {self.grad!r}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"--impl must be one of {', '.join(IMPLS)}; got {self.impl!r}")
+        if self.grad not in grads.GRADS:
+            raise ValueError(f"--grad must be one of {', '.join(grads.GRADS)}; got {self.grad!r}")
         if self.devices is not None and self.devices < 1:
             raise ValueError(f"--devices must be >= 1; got {self.devices}")
         if self.dtype not in ("float32", "float64"):
@@ -75,23 +72,23 @@ class TrainConfig:
         self.optimizer_for(1)  # checks the optimizer, lr, schedule and clip
 
     def optimizer_for(self, steps_per_epoch: int) -> Any:
-        return train.make_optimizer(self.optimizer, self.lr, clip=self.clip,
+        return optim.make_optimizer(self.optimizer, self.lr, clip=self.clip,
                                     schedule=self.schedule,
                                     total_steps=steps_per_epoch * self.epochs)
 
 
-def _setup(cfg: TrainConfig) -> tuple[Network, data.Dataset, Any]:
+def _setup(cfg: TrainConfig, model: Network | None) -> tuple[Network, data.Dataset, Any]:
     """Check the configuration against the model, the data and the devices; returns the model,
     the data and the device mesh (None on one device)."""
     cfg.validate()
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    model = models.get(cfg.model)
+    model = models.get(cfg.model) if model is None else model
     ds = data.load(cfg.data, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
     if ds.image_shape != model.input_shape:
         raise ValueError(f"model {cfg.model!r} takes images of shape {model.input_shape} but "
                          f"--data {cfg.data} has images of shape {ds.image_shape}")
-    if (model.head is BINARY) != (ds.num_classes == 2) or ds.num_classes > model.num_classes:
+    if (model.head.kind == "binary") != (ds.num_classes == 2) or ds.num_classes > model.num_classes:
         raise ValueError(f"model {cfg.model!r} predicts {model.num_classes} classes but "
                          f"--data {cfg.data} has {ds.num_classes}")
     if cfg.batch_size > len(ds.x_train):
@@ -114,7 +111,7 @@ def check_gradients(model: Network, params: Any, state: Any, x: Any, y: Any, key
     _, g_manual = jax.jit(lambda p: grads.manual_grad(model, p, x, y, **kw))(params)
     _, g_auto = jax.jit(lambda p: grads.autodiff_grad(model, p, x, y, **kw))(params)
     rows = grads.compare(g_manual, g_auto)
-    tol = gradcheck.TOLERANCES[dtype][0]  # the manual vs autodiff bound of `jaxcnn gradcheck`
+    tol = grads.TOLERANCES[dtype][0]  # the manual vs autodiff bound of `jaxcnn gradcheck`
     worst = max(rows, key=lambda r: r.max_rel)
     if not worst.max_rel <= tol:
         raise TrainingStoppedError(
@@ -125,13 +122,17 @@ def check_gradients(model: Network, params: Any, state: Any, x: Any, y: Any, key
 
 def _diagnose(model: Network, m: dict, params: Any, state: Any, x: Any) -> str:
     """Which layer broke: the first non-finite gradient in backprop order (from the loss towards
-    the input), else the first layer whose output overflows, else whose parameters did."""
+    the input), else the first layer whose output overflows, else whose parameters did.
+
+    params and state are the ones that produced the failing step (a non-finite step keeps
+    them). The forward runs with XLA's convolutions (`impl="conv"`): the products of
+    `impl="auto"` may spread one channel's inf to its neighbours as NaN."""
     norms = m["layer_grad_norms"]
     for layer in reversed(model.layers):
         if layer.name in norms and not math.isfinite(float(norms[layer.name])):
             return (f"the first non-finite gradient in backprop order is that of layer "
                     f"{layer.name!r}")
-    acts = model.forward(params, x, state=state).activations[1:]
+    acts = model.with_impl("conv").forward(params, x, state=state).activations[1:]
     for layer, y in zip(model.layers, acts):
         if not bool(jnp.isfinite(y).all()):
             return f"the gradients are finite; layer {layer.name!r} is the first whose output " \
@@ -142,13 +143,16 @@ def _diagnose(model: Network, m: dict, params: Any, state: Any, x: Any) -> str:
     return "every layer's gradient, output and parameters are finite: the loss itself overflowed"
 
 
-def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-        log: Callable[[str], None] = print, stop_after_steps: int | None = None) -> dict:
+def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
+        resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+        stop_after_steps: int | None = None) -> dict:
     """Train per `cfg`, writing into `out`; returns a summary (final test accuracy, times).
 
-    `stop_after_steps` ends the run early, as a crash would, after that many steps (for tests).
+    model: the network to train (default `models.get(cfg.model)`), for instance one built with
+    another `impl`. `stop_after_steps` ends the run early, as a crash would, after that many
+    steps (for tests).
     """
-    model, ds, mesh = _setup(cfg)
+    model, ds, mesh = _setup(cfg, model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(cfg.seed)
@@ -181,13 +185,12 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bo
         log(f"--check-grads: manual == autodiff on the first batch (max rel diff {worst:.1e})")
 
     if mesh is not None:  # data parallel: the same step over a mesh, params replicated
-        step_fn = parallel.make_parallel_train_step(model, optimizer, mesh, cfg.grad,
-                                                    impl=cfg.impl)
+        step_fn = parallel.make_parallel_train_step(model, optimizer, mesh, cfg.grad)
         params, state, opt_state = parallel.replicate((params, state, opt_state), mesh)
         log(f"data parallel over {mesh.size} devices")
     else:
-        step_fn = train.make_train_step(model, optimizer, cfg.grad, impl=cfg.impl)
-    eval_step = train.make_eval_step(model)
+        step_fn = steps.make_train_step(model, optimizer, cfg.grad)
+    eval_step = steps.make_eval_step(model)
     started, summary = time.perf_counter(), {}
     with open(out / "metrics.jsonl", "a") as metrics_file:
         for epoch in range(start_epoch, cfg.epochs):
@@ -222,7 +225,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bo
                     bar.close()
                     return {"stopped_at_step": step}
             bar.close()
-            test = train.evaluate(model, params, state, ds.x_test, ds.y_test,
+            test = steps.evaluate(model, params, state, ds.x_test, ds.y_test,
                                   eval_step=eval_step)
             summary = {"kind": "epoch", "epoch": epoch + 1, "step": step,
                        "train_loss": sums["loss"] / n_batches,

@@ -1,11 +1,13 @@
-"""Argument checks and window geometry shared by `forward` and `backward`.
+"""Argument checks and window geometry shared by `jaxcnn.forward` and `jaxcnn.backward`.
 
 Everything here runs in Python on static shapes, before JAX traces anything, so a bad call fails
 with a `ValueError` / `TypeError` that names the function, the argument, what it got and what it
-needs, never with an XLA error.
+needs, never with an XLA error. Nothing here imports the fast formulations (`jaxcnn.fast`):
+validation and geometry are one thing, how a sum is computed is another.
 
-Geometry, per spatial axis (see DESIGN.md): input size `H`, window `k`, stride `s`, dilation `d`,
-pads `(lo, hi)`; `k_eff = (k - 1) * d + 1`; output `O = (H + lo + hi - k_eff) // s + 1`.
+Geometry, per spatial axis (docs/design.md, "The rules"): input size `H`, window `k`, stride
+`s`, dilation `d`, pads `(lo, hi)`; `k_eff = (k - 1) * d + 1`; output
+`O = (H + lo + hi - k_eff) // s + 1`.
 """
 
 from __future__ import annotations
@@ -280,20 +282,3 @@ def batch_norm(fn: str, x: Any, gamma: Any, beta: Any, mean: Any, var: Any) -> N
             array(fn, name, v, 1, "(C,)")
             same_dtype(fn, x=x, **{name: v})
             shape_is(fn, name, v, (shape[-1],), "one value per channel of x")
-
-
-IMPLS = ("conv", "gemm", "auto")
-# "auto-per-example": the auto rule for one example per call under vmap, which
-# `train.per_example_grads` passes down for its "auto" (see conv_gemm.prefer_gemm).
-AUTO_PER_EXAMPLE = "auto-per-example"
-
-
-def impl(fn: str, value: str, g: Conv, which: str) -> bool:
-    """Check a convolution's `impl` ("conv", "gemm", "auto") and say whether `which` ("forward",
-    "dx", "dw") runs as per-offset products (True) or as an XLA convolution (False)."""
-    if value not in (*IMPLS, AUTO_PER_EXAMPLE):
-        raise ValueError(f"{fn}: impl must be one of {', '.join(IMPLS)}; got {value!r}")
-    if value in ("auto", AUTO_PER_EXAMPLE):
-        from jaxcnn import conv_gemm  # the measured rule lives beside the formulation
-        return conv_gemm.prefer_gemm(g, which, per_example=value == AUTO_PER_EXAMPLE)
-    return value == "gemm"

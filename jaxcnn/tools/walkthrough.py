@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import grads, models
-from jaxcnn.seed import seed_autodiff, seed_backward, seed_forward, seed_grads
+from jaxcnn.nn import grads, models
+from jaxcnn.tools.worked_example import seed_autodiff, seed_backward, seed_forward, seed_grads
 
 TOL = 1e-12  # the largest |manual - autodiff| a pass allows (float64)
 IMAGE_SHAPE = (6, 6)

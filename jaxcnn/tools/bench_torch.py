@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jaxcnn import _checks
-from jaxcnn.network import BINARY, Network
+from jaxcnn import _geometry
+from jaxcnn.nn.network import Network
 
 if TYPE_CHECKING:
     import torch
@@ -79,51 +79,14 @@ def _torch() -> SimpleNamespace:
     return SimpleNamespace(torch=torch, nn=nn, Twin=Twin, Flatten=Flatten, SumPool=SumPool)
 
 
-# ----------------------------------------------------------------------------- name fallback
-def _conv(kernel: int, **opts: Any) -> dict:
-    return {"kind": "Conv2D", "kernel": kernel, **opts}
-
-
-_R, _P, _F, _D = ({"kind": "ReLU"}, {"kind": "MaxPool", "window": 2}, {"kind": "Flatten"},
-                  {"kind": "Dense"})
-_BN, _DROP = {"kind": "BatchNorm", "momentum": 0.9, "eps": 1e-5}, {"kind": "Dropout", "rate": 0.3}
-_SAME = {"padding": "SAME"}
-# jaxcnn/models.py, layer by layer (sizes come from the Network; dropout rates are the defaults)
-FALLBACK: dict[str, list[tuple[str, dict]]] = {
-    "seed_cnn": [("conv", _conv(3)), ("relu", _R), ("maxpool", _P), ("flatten", _F),
-                 ("dense", _D)],
-    "lenet5": [("conv1", _conv(5, **_SAME)), ("relu1", _R), ("pool1", _P), ("conv2", _conv(5)),
-               ("relu2", _R), ("pool2", _P), ("flatten", _F), ("dense1", _D), ("relu3", _R),
-               ("dense2", _D), ("relu4", _R), ("dense3", _D)],
-    "lenet5_digits": [("conv1", _conv(3, **_SAME)), ("relu1", _R), ("pool1", _P),
-                      ("conv2", _conv(3, **_SAME)), ("relu2", _R), ("pool2", _P),
-                      ("flatten", _F), ("dense1", _D), ("relu3", _R), ("dropout", _DROP),
-                      ("dense2", _D), ("relu4", _R), ("dense3", _D)],
-    "deep_cnn": [("conv1", _conv(3, **_SAME, use_bias=False)), ("bn1", _BN), ("relu1", _R),
-                 ("conv2", _conv(3, stride=2, padding=1, use_bias=False)), ("bn2", _BN),
-                 ("relu2", _R), ("depthwise3", _conv(3, **_SAME, dilation=2, groups=32)),
-                 ("relu3", _R), ("conv4", _conv(1, use_bias=False)), ("bn4", _BN),
-                 ("relu4", _R), ("pool", _P), ("flatten", _F), ("dropout", _DROP),
-                 ("dense", _D)],
-    "cifar_cnn": [("conv1", _conv(3, **_SAME)), ("relu1", _R), ("conv2", _conv(3, **_SAME)),
-                  ("relu2", _R), ("pool1", _P), ("conv3", _conv(3, **_SAME)), ("relu3", _R),
-                  ("pool2", _P), ("flatten", _F), ("dense", _D)],
-}
-
-
 def layer_specs(net: Network) -> list[dict]:
-    """Each layer's {"kind": constructor, **options}: its `spec`, else `FALLBACK[net.name]`."""
-    specs = [getattr(layer, "spec", None) or {} for layer in net.layers]
-    if all("kind" in s for s in specs):
-        return specs
-    names = [layer.name for layer in net.layers]
-    if net.name not in FALLBACK:
-        raise ValueError(f"{net.name}: its layers carry no spec (Layer.spec) and no torch twin is "
-                         f"written for it; twins by name: {', '.join(FALLBACK)}")
-    if [n for n, _ in FALLBACK[net.name]] != names:
-        raise ValueError(f"{net.name}: layers {names} differ from the torch twin written for "
-                         f"{net.name!r}: {[n for n, _ in FALLBACK[net.name]]}")
-    return [s for _, s in FALLBACK[net.name]]
+    """Each layer's {"kind": constructor, **options}: its `spec`."""
+    specs = [layer.spec for layer in net.layers]
+    missing = [layer.name for layer, spec in zip(net.layers, specs) if "kind" not in spec]
+    if missing:
+        raise ValueError(f"{net.name}: layers {missing} carry no spec (Layer.spec), so no torch "
+                         f"twin can be built for them")
+    return specs
 
 
 # ----------------------------------------------------------------------------- builder
@@ -159,29 +122,29 @@ def _layer(t: SimpleNamespace, s: dict, in_shape: tuple, out_shape: tuple) -> An
         return bn(in_shape[-1], eps=s.get("eps", 1e-5), momentum=momentum)
     pad, hw = s.get("padding", "VALID"), in_shape[:2]
     if kind == "Conv2D":
-        k = _checks.pair(fn, "kernel", s["kernel"])
-        stride = _checks.pair(fn, "stride", s.get("stride", 1))
-        dil = _checks.pair(fn, "dilation", s.get("dilation", 1))
+        k = _geometry.pair(fn, "kernel", s["kernel"])
+        stride = _geometry.pair(fn, "stride", s.get("stride", 1))
+        dil = _geometry.pair(fn, "dilation", s.get("dilation", 1))
         opts = dict(kernel_size=k, stride=stride, dilation=dil, groups=s.get("groups", 1),
                     bias=s.get("use_bias", True))
         if isinstance(pad, str) and pad.upper() == "SAME" and stride == (1, 1):
             return nn.Conv2d(in_shape[-1], out_shape[-1], padding="same", **opts)
         eff = tuple((a - 1) * d + 1 for a, d in zip(k, dil))
-        (top, bottom), (left, right) = pads = _checks.padding(fn, pad, hw, eff, stride)
+        (top, bottom), (left, right) = pads = _geometry.padding(fn, pad, hw, eff, stride)
         if top == bottom and left == right:
             return nn.Conv2d(in_shape[-1], out_shape[-1], padding=(top, left), **opts)
         return _padded(t, pads, nn.Conv2d(in_shape[-1], out_shape[-1], **opts))
     if kind in ("MaxPool", "AvgPool", "L2Pool"):
-        win = _checks.pair(fn, "window", s.get("window", 2))
-        stride = win if s.get("stride") is None else _checks.pair(fn, "stride", s["stride"])
-        w = _checks.window(fn, hw, win, stride, (1, 1), pad, "window")
+        win = _geometry.pair(fn, "window", s.get("window", 2))
+        stride = win if s.get("stride") is None else _geometry.pair(fn, "stride", s["stride"])
+        w = _geometry.window(fn, hw, win, stride, (1, 1), pad, "window")
         if kind == "MaxPool":
             return _padded(t, w.pads, nn.MaxPool2d(win, stride), -float("inf"))
         if kind == "L2Pool":
             return t.SumPool(win, stride, w.pads)
         if s.get("count_include_pad", True) or not any(_lrtb(w.pads)):
             return _padded(t, w.pads, nn.AvgPool2d(win, stride))
-        counts = _checks.window_counts(w, False).transpose(0, 3, 1, 2).astype(np.float32)
+        counts = _geometry.window_counts(w, False).transpose(0, 3, 1, 2).astype(np.float32)
         return t.SumPool(win, stride, w.pads, counts)
     raise ValueError(f"{fn}: no torch twin for a jaxcnn {kind} layer")
 
@@ -232,7 +195,7 @@ def make_torch_step(net: Network, batch_size: int, lr: float = 0.01, *,
     gen = torch.Generator().manual_seed(seed)
     model = torch_model(net).train()
     x = torch.randn(batch_size, *net.input_shape, generator=gen)
-    binary = net.head is BINARY  # then one logit (N, 1), read as (N,)
+    binary = net.head.kind == "binary"  # then one logit (N, 1), read as (N,)
     y = torch.randint(0, net.num_classes, (batch_size,), generator=gen)
     y, loss_fn = ((y.float(), torch.nn.BCEWithLogitsLoss()) if binary
                   else (y, torch.nn.CrossEntropyLoss()))

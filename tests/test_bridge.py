@@ -1,4 +1,4 @@
-"""jaxcnn.ops: the hand-written rules inside jax.grad, op by op and network by network."""
+"""jaxcnn.bridge: the hand-written rules inside jax.grad, op by op and network by network."""
 
 import functools
 
@@ -9,8 +9,10 @@ import pytest
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn import backward, forward, grads, models, ops, parallel, train
-from jaxcnn.network import Network
+from jaxcnn import backward, bridge, forward, models
+from jaxcnn.nn import grads
+from jaxcnn.nn.network import Network
+from jaxcnn.training import optim, parallel, per_example, steps
 
 from helpers import assert_close, randn
 
@@ -107,9 +109,9 @@ def test_loss_grad_matches_and_labels_get_none(name, shape, y):
 
 
 def _small_cnn(p, x, y):
-    h = ops.relu(ops.conv2d(x, p["w1"], p["b1"], padding="SAME"))
-    h = ops.flatten(ops.max_pool(h, window=2))
-    return ops.softmax_cross_entropy(ops.dense(h, p["w2"], p["b2"]), y)
+    h = bridge.relu(bridge.conv2d(x, p["w1"], p["b1"], padding="SAME"))
+    h = bridge.flatten(bridge.max_pool(h, window=2))
+    return bridge.softmax_cross_entropy(bridge.dense(h, p["w2"], p["b2"]), y)
 
 
 def _small_cnn_forward(p, x, y):
@@ -136,7 +138,7 @@ def test_ops_under_jit_vmap_checkpoint_and_second_order(small):
     assert worst(per_ex, per_ex_ref) <= RTOL
     # second order: the derivative of the rule's code (smooth here, so the true one)
     x1 = x[0, :, :, 0]
-    d2 = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(ops.tanh(u) ** 2))(v)))(x1)
+    d2 = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(bridge.tanh(u) ** 2))(v)))(x1)
     d2_ref = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(jnp.tanh(u) ** 2))(v)))(x1)
     assert_close(d2, d2_ref, RTOL, "second derivative")
 
@@ -144,14 +146,14 @@ def test_ops_under_jit_vmap_checkpoint_and_second_order(small):
 def test_forward_mode_raises_type_error(small):
     p, x, y = small
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
-        jax.jvp(ops.relu, (x,), (x,))
+        jax.jvp(bridge.relu, (x,), (x,))
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
         jax.jacfwd(lambda w: _small_cnn({**p, "w2": w}, x, y))(p["w2"])
     model = models.seed_cnn()
     params = model.init(jax.random.key(0), jnp.float64)
     xs = np.ones((2, 6, 6, 1))
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
-        jax.jvp(lambda q: ops.bridge(model).loss(q, xs, np.array([0.0, 1.0])), (params,),
+        jax.jvp(lambda q: bridge.bridge(model).loss(q, xs, np.array([0.0, 1.0])), (params,),
                 (params,))
 
 
@@ -198,7 +200,7 @@ def test_patched_rule_is_what_runs(monkeypatch, small):
         return dx, dw + 1000, db
 
     monkeypatch.setattr(backward, "conv2d", marked)
-    got = jax.grad(ops.bridge(model).loss)(params, xs, ys)
+    got = jax.grad(bridge.bridge(model).loss)(params, xs, ys)
     assert_close(got["conv"]["w"], ref_model["conv"]["w"] + 1000, RTOL, "bridged conv w")
     assert worst(got["dense"], ref_model["dense"]) <= RTOL
     assert worst(jax.grad(model.loss)(params, xs, ys), ref_model) == 0  # forward: untouched
@@ -224,7 +226,7 @@ def _case(name):
 @pytest.mark.parametrize("name", ["seed", "lenet5", "deep"])
 def test_bridge_grad_equals_autodiff_and_manual(name):
     model, params, x, y = _case(name)
-    bridged = ops.bridge(model)
+    bridged = bridge.bridge(model)
     assert (bridged.name, bridged.input_shape, bridged.head) == (model.name, model.input_shape,
                                                                   model.head)
     assert [la.name for la in bridged.layers] == [la.name for la in model.layers]
@@ -249,12 +251,12 @@ def test_bridge_grad_equals_autodiff_and_manual(name):
 
 def test_bridge_under_vmap_checkpoint_and_train_step():
     model, params, x, y = _case("deep")
-    bridged = ops.bridge(model)
+    bridged = bridge.bridge(model)
     state = model.init_state(jnp.float64)
     # vmap: per-example gradients in evaluation mode
     per_ex = jax.jit(jax.vmap(lambda xi, yi: jax.grad(bridged.loss)(
         params, xi[None], yi[None], state=state)))(x, y)
-    assert worst(per_ex, train.per_example_grads(model, params, x, y, state=state)) <= RTOL
+    assert worst(per_ex, per_example.per_example_grads(model, params, x, y, state=state)) <= RTOL
     # jax.checkpoint around the whole loss, in training
     key = jax.random.key(6)
     loss = lambda p: bridged.loss(p, x, y, state=state, train=True, key=key)
@@ -268,10 +270,10 @@ def test_bridge_under_vmap_checkpoint_and_train_step():
                   static_argnames=("train", "impl"))(params, x, y, **gemm)[1]
     assert worst(got, ref) <= RTOL
     # the autodiff train step of a bridged model is the manual train step
-    opt = train.make_optimizer("adam", 1e-3)
-    out_b = train.make_train_step(bridged, opt, "autodiff", donate=False)(
+    opt = optim.make_optimizer("adam", 1e-3)
+    out_b = steps.make_train_step(bridged, opt, "autodiff", donate=False)(
         params, state, opt.init(params), (x, y), key)
-    out_m = train.make_train_step(model, opt, "manual", donate=False)(
+    out_m = steps.make_train_step(model, opt, "manual", donate=False)(
         params, state, opt.init(params), (x, y), key)
     assert worst(out_b[:3], out_m[:3]) <= RTOL
 
@@ -280,7 +282,7 @@ def test_bridge_inside_shard_map_equals_manual_data_parallel():
     """One device here (tests/test_parallel.py runs eight): grad of the global mean loss."""
     model, params, x, y = _case("deep")
     model = models.deep_cnn((8, 8, 1), dropout=0.0)
-    bridged, mesh = ops.bridge(model), parallel.make_mesh(1)
+    bridged, mesh = bridge.bridge(model), parallel.make_mesh(1)
     state = model.init_state(jnp.float64)
 
     def local(p, s, x, y):
@@ -299,7 +301,7 @@ def test_bridge_inside_shard_map_equals_manual_data_parallel():
 
 def test_bridge_bad_input_raises_the_same_error():
     model, params, x, y = _case("seed")
-    bridged = ops.bridge(model)
+    bridged = bridge.bridge(model)
     for bad_x, bad_y in [(x[:, :5], y), (x, y[:3]), (x.astype(np.float32), y)]:
         with pytest.raises((ValueError, TypeError)) as want:
             model.loss(params, bad_x, bad_y)

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import grads, models, train
-from jaxcnn.network import BINARY, Network
+from jaxcnn.nn import grads, models
+from jaxcnn.nn.network import Network
+from jaxcnn.training import optim, steps
+from jaxcnn.training.per_example import per_example_grads
 
 NETWORKS = (("seed", 1), ("seed", 1024), ("lenet5", 128), ("cifar", 64), ("deep", 64))
 # --precision: what every product of the benchmarked steps runs at (jaxcnn's own default is
@@ -109,7 +111,7 @@ def ratios(a: list[float], b: list[float]) -> dict[str, float]:
 def example_batch(model: Network, n: int) -> tuple[Any, Any]:
     """A fixed random float32 batch of n images for `model`, with valid labels."""
     x = jax.random.normal(jax.random.key(1), (n, *model.input_shape), jnp.float32)
-    y = (jnp.asarray(np.arange(n) % 2, jnp.float32) if model.head is BINARY
+    y = (jnp.asarray(np.arange(n) % 2, jnp.float32) if model.head.kind == "binary"
          else jnp.asarray(np.arange(n) % model.num_classes, jnp.int32))
     return x, y
 
@@ -119,7 +121,7 @@ def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
                   rounds: int = 7) -> dict[str, Any]:
     """Every figure for one network at one batch size (see the module docstring)."""
     model = models.get(name)
-    opt = train.make_optimizer("sgd", 1e-3)
+    opt = optim.make_optimizer("sgd", 1e-3)
     params, state = model.init(jax.random.key(0)), model.init_state()
     opt_state = opt.init(params)
     x, y = example_batch(model, batch)
@@ -129,7 +131,7 @@ def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
     result: dict[str, Any] = {"network": name, "batch": batch, "variants": {}}
     fns = {}
     for label, (grad, impl) in variants.items():
-        step = train.make_train_step(model, opt, grad, impl=impl, donate=False)
+        step = steps.make_train_step(model.with_impl(impl), opt, grad, donate=False)
         args = (params, state, opt_state, (x, y), key)
         t0 = time.perf_counter()
         compiled = step.lower(*args).compile()
@@ -139,7 +141,7 @@ def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
                                      "temp_bytes": getattr(mem, "temp_size_in_bytes", None)}
         fns[label] = lambda compiled=compiled, args=args: compiled(*args)
     if against_torch:
-        from jaxcnn.bench_torch import make_torch_step
+        from jaxcnn.tools.bench_torch import make_torch_step
         fns["torch"] = make_torch_step(model, batch)
         result["variants"]["torch"] = {}
     times = interleaved(fns, rounds=rounds)
@@ -164,14 +166,15 @@ def bench_per_example(model: Network, params: Any, x: Any, y: Any,
                       rounds: int = 5) -> dict[str, Any]:
     """Per-example gradients three ways, against the batch gradient (evaluation mode; manual
     gradients with impl="auto")."""
-    batch_grad = jax.jit(lambda p, x, y: grads.manual_grad(model, p, x, y, impl="auto")[1])
-    vmap_manual = jax.jit(lambda p, x, y: train.per_example_grads(model, p, x, y))
+    auto = model.with_impl("auto")
+    batch_grad = jax.jit(lambda p, x, y: grads.manual_grad(auto, p, x, y)[1])
+    vmap_manual = jax.jit(lambda p, x, y: per_example_grads(auto, p, x, y))
 
     def one_autodiff(p, xi, yi):
         return jax.grad(model.loss)(p, xi[None], yi[None])
 
     vmap_autodiff = jax.jit(jax.vmap(one_autodiff, in_axes=(None, 0, 0)))
-    single = jax.jit(lambda p, xi, yi: grads.manual_grad(model, p, xi, yi, impl="auto")[1])
+    single = jax.jit(lambda p, xi, yi: grads.manual_grad(auto, p, xi, yi)[1])
     xs, ys = [x[i:i + 1] for i in range(len(x))], [y[i:i + 1] for i in range(len(y))]
 
     def loop():

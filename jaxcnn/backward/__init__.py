@@ -1,0 +1,35 @@
+"""The hand-written backward pass: one rule per function of `jaxcnn.forward`, same names.
+
+`backward.<op>(dy, *forward_inputs, **forward_options)` takes the upstream gradient `dy = dL/dy`
+first, then the forward's inputs and options, and returns `dL/d(input)` for each array input of
+the forward, in order. Losses take the upstream scalar `dl` (1.0 for the loss itself) and return
+the gradient of the prediction only: labels are data, not parameters.
+
+Each family module mirrors its forward twin (`backward/conv.py` beside `forward/conv.py`, ...).
+No rule asks JAX for a derivative: each is written out from the maths beside it, and tested
+against `jax.vjp` of the forward (tests/test_backward.py); tests/test_source.py reads every
+module the rules reach and fails on any autodiff call.
+"""
+
+from jaxcnn.backward import activation, conv, linear, loss, norm, pool, shape
+from jaxcnn.backward.activation import leaky_relu, relu, sigmoid, softmax, tanh
+from jaxcnn.backward.conv import conv2d, convolve2d
+from jaxcnn.backward.linear import dense
+from jaxcnn.backward.loss import (
+    binary_cross_entropy,
+    mse,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+)
+from jaxcnn.backward.norm import batch_norm, moments
+from jaxcnn.backward.pool import avg_pool, l2_pool, max_pool
+from jaxcnn.backward.shape import flatten
+
+FAMILIES = {"activation": activation, "conv": conv, "linear": linear, "loss": loss,
+            "norm": norm, "pool": pool, "shape": shape}
+# the union of the families' __all__ (tests/test_layout.py checks it, and the twin's)
+__all__ = [
+    "avg_pool", "batch_norm", "binary_cross_entropy", "conv2d", "convolve2d", "dense", "flatten",
+    "l2_pool", "leaky_relu", "max_pool", "moments", "mse", "relu", "sigmoid",
+    "sigmoid_binary_cross_entropy", "softmax", "softmax_cross_entropy", "tanh",
+]

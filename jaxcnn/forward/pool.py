@@ -1,0 +1,80 @@
+"""Pooling: max, average and L2-norm pooling over windows of an (N, H, W, C) input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxcnn import _geometry
+from jaxcnn._geometry import Padding
+
+Array = jax.Array
+
+__all__ = ["avg_pool", "l2_pool", "max_pool"]
+
+
+def _reduce_window(x: Array, init: float, op: Any, win: _geometry.Window) -> Array:
+    return lax.reduce_window(x, init, op, (1, *win.size, 1), (1, *win.stride, 1),
+                             ((0, 0), *win.pads, (0, 0)))
+
+
+def max_pool(x: Array, *, window: int | tuple[int, int] = 2,
+             stride: int | tuple[int, int] | None = None, padding: Padding = "VALID") -> Array:
+    """Max pooling (the worked example's `P1 = MaxPool(A1)`): `y = max over each window`.
+
+    Pads with -inf. Overlapping windows (stride < window) are allowed; every pad must be smaller
+    than the window. Written as `lax.reduce_window` with a Python-scalar init so that `jax.grad`
+    takes XLA's select-and-scatter path, whose tie rule `backward.max_pool` copies.
+
+    Args:
+      x: (N, H, W, C).
+      window, stride: int or (h, w) pair; stride None means = window.
+      padding: as `conv2d`.
+
+    Returns:
+      y: (N, O_h, O_w, C).
+    """
+    win = _geometry.pool("max_pool", x, window, stride, padding)
+    return _reduce_window(x, -np.inf, lax.max, win)
+
+
+def avg_pool(x: Array, *, window: int | tuple[int, int] = 2,
+             stride: int | tuple[int, int] | None = None, padding: Padding = "VALID",
+             count_include_pad: bool = True) -> Array:
+    """Average pooling: `y = sum over each window / count`.
+
+    With padding, `count_include_pad=True` (the default, as flax and torch) divides by the full
+    area k_h * k_w, counting padded zeros; False divides by the number of real elements.
+
+    Args:
+      x: (N, H, W, C); window, stride, padding: as `max_pool`.
+
+    Returns:
+      y: (N, O_h, O_w, C).
+    """
+    win = _geometry.pool("avg_pool", x, window, stride, padding)
+    counts = _geometry.window_counts(win, count_include_pad).astype(x.dtype)
+    return _reduce_window(x, 0.0, lax.add, win) / counts
+
+
+def l2_pool(x: Array, *, window: int | tuple[int, int] = 2,
+            stride: int | tuple[int, int] | None = None, padding: Padding = "VALID") -> Array:
+    """L2-norm pooling, the third kind of the general derivation: `y = sqrt(sum_window x^2)`.
+
+    Zero-padded. The gradient `x / y` is taken as 0 where a window is all zeros (y = 0, common
+    after ReLU); the double `where` below makes `jax.grad` agree with that.
+
+    Args:
+      x: (N, H, W, C); window, stride, padding: as `max_pool`.
+
+    Returns:
+      y: (N, O_h, O_w, C).
+    """
+    win = _geometry.pool("l2_pool", x, window, stride, padding)
+    sq = _reduce_window(x * x, 0.0, lax.add, win)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
