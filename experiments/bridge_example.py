@@ -22,9 +22,7 @@ import optax
 
 jax.config.update("jax_enable_x64", True)  # for the float64 comparison; training is float32
 
-from jaxcnn import (
-    forward,
-)
+from jaxcnn import bridge, forward  # noqa: E402
 from jaxcnn.nn import grads  # noqa: E402
 from jaxcnn.training import data  # noqa: E402
 
@@ -40,15 +38,15 @@ def init(key: jax.Array, dtype=jnp.float32) -> Params:
             "w3": he(k3, (2 * 2 * 32, 10), dtype), "b3": jnp.zeros(10, dtype)}
 
 
-def apply(params: Params, x: jax.Array, f: ModuleType = ops) -> jax.Array:
+def apply(params: Params, x: jax.Array, f: ModuleType = bridge) -> jax.Array:
     """x (N, 8, 8, 1) -> logits (N, 10), built from `f`'s ops (jaxcnn.bridge or jaxcnn.forward)."""
     h = f.max_pool(f.relu(f.conv2d(x, params["w1"], params["b1"], padding="SAME")))
     h = f.max_pool(f.relu(f.conv2d(h, params["w2"], params["b2"], padding="SAME")))
     return f.dense(f.flatten(h), params["w3"], params["b3"])
 
 
-def loss(params: Params, x: jax.Array, y: jax.Array, f: ModuleType = ops) -> jax.Array:
-    """Mean softmax cross-entropy (manual rules with f=ops) + weight decay (JAX's derivative)."""
+def loss(params: Params, x: jax.Array, y: jax.Array, f: ModuleType = bridge) -> jax.Array:
+    """Mean softmax cross-entropy (manual rules with f=bridge) + weight decay (JAX's derivative)."""
     decay = sum(jnp.sum(params[k] ** 2) for k in ("w1", "w2", "w3"))
     return f.softmax_cross_entropy(apply(params, x, f), y) + 1e-4 * decay
 
@@ -93,7 +91,8 @@ def main() -> None:
     print(f"max relative difference over all parameters: {worst:.2e}")
     if worst == 0:
         print("(bit-identical: compiled, both reduce to the same XLA arithmetic; that the rules "
-              "do run is shown by patching one, tests/test_ops.py::test_patched_rule_is_what_runs)")
+              "do run is shown by patching one, "
+              "tests/test_bridge.py::test_patched_rule_is_what_runs)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxcnn import (
+from jaxcnn import (  # noqa: E402
     backward,
     forward,
 )

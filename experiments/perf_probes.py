@@ -2,8 +2,8 @@
 
     python experiments/perf_probes.py [--only layers,rules,...,per_example] [--json FILE]
 
-Every section times its variants in the same process, interleaved in rounds (jaxcnn.tools.bench), and
-prints medians and per-round ratios; nothing is compared across runs.
+Every section times its variants in the same process, interleaved in rounds (jaxcnn.tools.bench),
+and prints medians and per-round ratios; nothing is compared across runs.
 
   layers     each convolution of the benchmark nets, isolated: forward, dx and dw as XLA
              convolutions ("conv") or as per-offset products ("gemm")
@@ -19,6 +19,7 @@ prints medians and per-round ratios; nothing is compared across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -32,7 +33,8 @@ import numpy as np
 from jaxcnn import _geometry, backward, fast, forward, models
 from jaxcnn.nn import grads
 from jaxcnn.tools import bench
-from jaxcnn.training import optim, per_example, steps
+from jaxcnn.training import optim
+from jaxcnn.training import steps as train_steps
 
 CONVS = [  # (name, x shape, kernel, C_out, stride, padding, dilation, groups)
     ("lenet5 conv1", (128, 28, 28, 1), 5, 6, 1, "SAME", 1, 1),
@@ -129,11 +131,11 @@ def rules(rounds: int) -> dict[str, Any]:
         fns = {}
         for label, rule in RULES.items():
             fast.auto.prefer_gemm = rule  # read at trace time by impl="auto"
-            c = steps.make_train_step(model, opt, "manual", impl="auto",
+            c = train_steps.make_train_step(model.with_impl("auto"), opt, "manual",
                                       donate=False).lower(*args).compile()
             fns[label] = partial(c, *args)
         fast.auto.prefer_gemm = kept
-        c = steps.make_train_step(model, opt, "autodiff", donate=False).lower(*args).compile()
+        c = train_steps.make_train_step(model, opt, "autodiff", donate=False).lower(*args).compile()
         fns["autodiff"] = partial(c, *args)
         times = bench.interleaved(fns, rounds=rounds)
         out[f"{name}:{batch}"] = {k: {"ms": _ms(t), "vs_autodiff": bench.ratios(
@@ -150,9 +152,9 @@ def options(rounds: int) -> dict[str, Any]:
         opt, args = _step_args(model, batch)
         fns = {}
         for grad in ("manual", "autodiff"):
-            lowered = jax.jit(steps.train_step_fn(model, opt, grad)).lower(*args)
+            lowered = jax.jit(train_steps.train_step_fn(model, opt, grad)).lower(*args)
             for label, opts in (("xla defaults", {}), ("ynn fusions off",
-                                                        steps.CPU_COMPILER_OPTIONS)):
+                                                        train_steps.CPU_COMPILER_OPTIONS)):
                 c = lowered.compile(compiler_options=opts or None)
                 fns[f"{grad}, {label}"] = partial(c, *args)
         times = bench.interleaved(fns, rounds=rounds)
@@ -184,8 +186,8 @@ def maxpool(rounds: int) -> dict[str, Any]:
 def donation(rounds: int) -> dict[str, Any]:
     model = models.get("cifar")
     opt, args = _step_args(model, 64)
-    plain = steps.make_train_step(model, opt, "manual", donate=False)
-    donating = steps.make_train_step(model, opt, "manual", donate=True)
+    plain = train_steps.make_train_step(model, opt, "manual", donate=False)
+    donating = train_steps.make_train_step(model, opt, "manual", donate=True)
     state = {"args": args}
 
     def run_donating():  # each call consumes its inputs: feed it its own outputs
@@ -226,7 +228,7 @@ def pointwise(rounds: int) -> dict[str, Any]:
     fns = {}
     for label, rule in variants.items():
         fast.auto.prefer_gemm = rule
-        c = steps.make_train_step(model, opt, "manual", impl="auto",
+        c = train_steps.make_train_step(model.with_impl("auto"), opt, "manual",
                                   donate=False).lower(*args).compile()
         fns[label] = partial(c, *args)
     fast.auto.prefer_gemm = kept
@@ -237,19 +239,23 @@ def pointwise(rounds: int) -> dict[str, Any]:
     return out
 
 
-def per_example(rounds: int) -> dict[str, Any]:
+def per_example_rules(rounds: int) -> dict[str, Any]:
     out = {}
     for name, batch in (("lenet5", 128), ("cifar", 64), ("deep", 64)):
         model = models.get(name)
         params = model.init(jax.random.key(0))
         x, y = bench.example_batch(model, batch)
-        fns = {"batch gradient": partial(jax.jit(lambda p, x, y, m=model: grads.manual_grad(
-            m, p, x, y, impl="auto")[1]), params, x, y)}
-        for label, impl in (("vmap, conv", "conv"), ("vmap, batch auto rule", "auto"),
-                            ("vmap, per-example rule (kept)", _geometry.AUTO_PER_EXAMPLE)):
-            f = jax.jit(lambda p, x, y, m=model, impl=impl: jax.vmap(
-                lambda xi, yi: grads.manual_grad(m, p, xi[None], yi[None], impl=impl)[1])(x, y))
-            fns[label] = partial(f, params, x, y)
+        auto = model.with_impl("auto")
+        fns = {"batch gradient": partial(jax.jit(lambda p, x, y, m=auto: grads.manual_grad(
+            m, p, x, y)[1]), params, x, y)}
+        for label, impl, rule in (("vmap, conv", "conv", False),
+                                  ("vmap, batch auto rule", "auto", False),
+                                  ("vmap, per-example rule (kept)", "auto", True)):
+            m = model.with_impl(impl)
+            f = jax.jit(lambda p, x, y, m=m: jax.vmap(
+                lambda xi, yi: grads.manual_grad(m, p, xi[None], yi[None])[1])(x, y))
+            with fast.per_example_rule() if rule else contextlib.nullcontext():
+                fns[label] = partial(f.lower(params, x, y).compile(), params, x, y)
         times = bench.interleaved(fns, rounds=rounds)
         base = times["batch gradient"]
         out[f"{name}:{batch}"] = {k: {"ms": _ms(t), "vs_batch": bench.ratios(t, base)["median"]}
@@ -261,7 +267,7 @@ def per_example(rounds: int) -> dict[str, Any]:
 
 SECTIONS = {"layers": layers, "rules": rules, "options": options, "maxpool": maxpool,
             "donation": donation, "precision": precision, "pointwise": pointwise,
-            "per_example": per_example}
+            "per_example": per_example_rules}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,10 @@
     python experiments/scaling.py [--json scaling.json] [--steps 20] [--devices 1 2 4 8]
 
 LeNet-5 on 28x28x1 images, global batch 128, float32, Adam; the hand-written backward pass
-(`jaxcnn.training.parallel.make_parallel_train_step(..., grad="manual")`). Each device count runs in its own
-subprocess with `--xla_force_host_platform_device_count=N` appended to XLA_FLAGS: a few warm-up
-steps (the first compiles), then the median of `--steps` timed steps. Prints a markdown table
-and writes the numbers as JSON.
+(`jaxcnn.training.parallel.make_parallel_train_step(..., grad="manual")`). Each device count
+runs in its own subprocess with `--xla_force_host_platform_device_count=N` appended to
+XLA_FLAGS: a few warm-up steps (the first compiles), then the median of `--steps` timed steps.
+Prints a markdown table and writes the numbers as JSON.
 
 Forced CPU devices are not hardware: all of them share this machine's cores, so no speed-up is
 expected here; the table shows what the SPMD machinery (sharding, per-device programs, the
@@ -35,7 +35,8 @@ def worker(devices: int, steps: int) -> dict:
     import numpy as np
 
     from jaxcnn import models
-    from jaxcnn.training import optim, parallel, steps
+    from jaxcnn.training import optim, parallel
+    from jaxcnn.training import steps as train_steps
 
     model = models.lenet5()
     opt = optim.make_optimizer("adam", 1e-3)
@@ -64,8 +65,8 @@ def worker(devices: int, steps: int) -> dict:
            "wall_s": time.perf_counter() - t0}
     if devices == 1:  # the plain single-device step, without shard_map, for reference
         params = model.init(jax.random.key(0))  # the first ones were donated
-        plain = timed(steps.make_train_step(model, opt, "manual"), params, {}, opt.init(params),
-                      (x, y))
+        plain = timed(train_steps.make_train_step(model, opt, "manual"), params, {},
+                      opt.init(params), (x, y))
         out["plain_median_ms"] = 1e3 * statistics.median(plain)
     return out
 
@@ -112,7 +113,7 @@ def main() -> None:
           f"({os.cpu_count()} CPU cores, platform {rows[0]['platform']})\n")
     print(table(rows))
     if "plain_median_ms" in rows[0]:
-        print(f"\nplain single-device steps.make_train_step (no shard_map): "
+        print(f"\nplain single-device train_steps.make_train_step (no shard_map): "
               f"{rows[0]['plain_median_ms']:.1f} ms per step")
     print("\nCaveat: forced CPU devices (--xla_force_host_platform_device_count) all share the "
           "same CPU cores, so no speed-up is expected here: the table shows the overhead of the "

@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt
 
 from jaxcnn import models
 from jaxcnn.nn import grads
-from jaxcnn.training import data, optim, plots, steps
+from jaxcnn.training import data, optim, plots
+from jaxcnn.training import steps as train_steps
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "seed_manual_vs_autodiff.png"
@@ -57,7 +58,7 @@ def run(grad: str, dtype: str, args: argparse.Namespace) -> dict:
     state = model.init_state(dt)
     optimizer = optim.make_optimizer(args.optimizer, args.lr)
     opt_state = optimizer.init(params)
-    step_fn = steps.make_train_step(model, optimizer, grad)
+    step_fn = train_steps.make_train_step(model, optimizer, grad)
     step_key = jax.random.fold_in(key, 1)
     losses, step = [], 0
     for epoch in range(args.epochs):
@@ -68,7 +69,7 @@ def run(grad: str, dtype: str, args: argparse.Namespace) -> dict:
             losses.append(m["loss"])
             step += 1
     losses = np.array([float(v) for v in losses], np.float64)
-    test = steps.evaluate(model, params, state, x_test, y_test)
+    test = train_steps.evaluate(model, params, state, x_test, y_test)
     return {"losses": losses, "params": params, "test_accuracy": test["accuracy"],
             "test_loss": test["loss"]}
 

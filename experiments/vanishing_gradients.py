@@ -10,7 +10,8 @@ default); the sigmoid stack is also shown with Glorot normal, the init meant for
 Every gradient is the hand-written backward pass: the per-layer norms ||dL/dW_l|| (weights only)
 come from `grads.manual_grad` on one fixed batch of `--grad-batch` training images, at
 initialisation and again after `--steps` (200) steps of plain SGD (`--lr` 0.05, batch 32), whose
-per-step norms come from `steps.make_train_step`'s metrics["layer_grad_norms"] (weights and bias).
+per-step norms come from `jaxcnn.training.steps.make_train_step`'s
+metrics["layer_grad_norms"] (weights and bias).
 conv1 has one input channel, so `--channels` times fewer weights than the other convolutions: its
 norm is somewhat lower even where nothing vanishes (the ReLU stack).
 
@@ -40,7 +41,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from jaxcnn.nn import grads, layers, network
-from jaxcnn.training import data, optim, plots, steps
+from jaxcnn.training import data, optim, plots
+from jaxcnn.training import steps as train_steps
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "vanishing_gradients.png"
@@ -87,7 +89,7 @@ def run(net: tuple, ds: data.Dataset, args: argparse.Namespace) -> dict:
     at_init = weight_norms(grad_fn, params)
     optimizer = optim.make_optimizer("sgd", args.lr, clip=clip)
     state, opt_state = model.init_state(), optimizer.init(params)
-    step_fn = steps.make_train_step(model, optimizer, "manual")
+    step_fn = train_steps.make_train_step(model, optimizer, "manual")
     metrics, step, epoch = [], 0, 0
     while step < args.steps:
         for xb, yb in data.batches(ds.x_train, ds.y_train, args.batch_size, seed=args.seed,
@@ -104,7 +106,7 @@ def run(net: tuple, ds: data.Dataset, args: argparse.Namespace) -> dict:
     per_step = {n: [float(m["layer_grad_norms"][n]) for m in metrics] for n in names}
     diverged = next((i + 1 for i, v in enumerate(losses) if not math.isfinite(v)), None)
     after = weight_norms(grad_fn, params)
-    test = steps.evaluate(model, params, state, ds.x_test, ds.y_test)
+    test = train_steps.evaluate(model, params, state, ds.x_test, ds.y_test)
     convs = [i for i, n in enumerate(names) if n.startswith("conv")]
     first, last = convs[0], convs[-1]
 

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxcnn import (
+from jaxcnn import (  # noqa: E402
     bridge,
     models,
 )

@@ -12,12 +12,14 @@ Tolerances:
     no less accurate than autodiff.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import backward
+from jaxcnn import backward, fast
 
 from cases import ALL, CONV, CONVOLVE, call_args
 from helpers import assert_close, rel_err
@@ -102,14 +104,19 @@ def test_conv_formulations_match_vjp(case, impl):
     """The GEMM formulation (and the per-shape choice "auto") pass the same cross-checks as the
     default: float64 against jax.vjp at 1e-9, float32 against float64 at 2e-5."""
     args, dy = _f64(case)
+    rule = "auto" if impl == "auto-per-example" else impl
     fn = jax.jit(lambda dy, x, w: getattr(backward, case.op)(dy, x, w, **case.options,
-                                                              impl=impl))
+                                                              impl=rule))
     auto = case.jit_vjp(dy, *args)
-    for i, (m, a) in enumerate(zip(fn(dy, *args[:2]), auto)):
+    # "auto-per-example": the auto rule as per_example_grads traces it
+    with fast.per_example_rule() if impl == "auto-per-example" else contextlib.nullcontext():
+        got64 = fn(dy, *args[:2])
+        args32 = call_args(case, np.float32)
+        got32 = fn(np.asarray(dy, np.float32), *args32[:2])
+    for i, (m, a) in enumerate(zip(got64, auto)):
         assert m.dtype == jnp.float64
         assert_close(m, a, 1e-9, f"{case.id} {impl} input {i}")
-    args32 = call_args(case, np.float32)
-    for i, (m, t) in enumerate(zip(fn(np.asarray(dy, np.float32), *args32[:2]), auto)):
+    for i, (m, t) in enumerate(zip(got32, auto)):
         assert m.dtype == jnp.float32 and rel_err(m, t) <= 2e-5, (case.id, impl, i)
 
 

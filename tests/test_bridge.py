@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 from jaxcnn import backward, bridge, forward, models
 from jaxcnn.nn import grads
 from jaxcnn.nn.network import Network
-from jaxcnn.training import optim, parallel, per_example, steps
+from jaxcnn.training import optim, parallel, per_example
+from jaxcnn.training import steps as train_steps
 
 from helpers import assert_close, randn
 
@@ -68,7 +69,7 @@ def _positive_var(name, args):
 def test_op_vjp_matches_jax_grad_of_forward(name, shapes, kw, diff):
     rng = np.random.default_rng(0)
     args = _positive_var(name, [randn(rng, *s) for s in shapes])
-    f_ops = lambda *a: getattr(ops, name)(*a, **kw)
+    f_ops = lambda *a: getattr(bridge, name)(*a, **kw)
     f_fwd = lambda *a: getattr(forward, name)(*a, **kw)
     y_ops, vjp_ops = jax.vjp(f_ops, *args)
     y_fwd, vjp_fwd = jax.vjp(f_fwd, *args)
@@ -97,10 +98,10 @@ def test_loss_grad_matches_and_labels_get_none(name, shape, y):
     z = randn(rng, *shape)
     if name == "binary_cross_entropy":
         z = 1 / (1 + np.exp(-z))
-    g_ops = jax.grad(lambda z: 2.5 * getattr(ops, name)(z, y))(z)
+    g_ops = jax.grad(lambda z: 2.5 * getattr(bridge, name)(z, y))(z)
     g_fwd = jax.grad(lambda z: 2.5 * getattr(forward, name)(z, y))(z)
     assert_close(g_ops, g_fwd, RTOL, name)
-    _, vjp = jax.vjp(getattr(ops, name), z, y)
+    _, vjp = jax.vjp(getattr(bridge, name), z, y)
     dy_label = vjp(1.0)[1]
     if np.issubdtype(y.dtype, np.integer):
         assert dy_label.dtype == jax.dtypes.float0
@@ -181,7 +182,7 @@ def test_bad_input_raises_the_forward_error(name, args, kw):
     with pytest.raises((ValueError, TypeError)) as want:
         getattr(forward, name)(*args, **kw)
     with pytest.raises(want.type) as got:
-        getattr(ops, name)(*args, **kw)
+        getattr(bridge, name)(*args, **kw)
     assert str(got.value) == str(want.value)
 
 
@@ -223,16 +224,22 @@ def _case(name):
     return model, params, x, y
 
 
+def _manual_value_and_grad(model, params, x, y, **kw):
+    return grads.value_and_grad(model, "manual")(params, x, y, **kw)
+
+
 @pytest.mark.parametrize("name", ["seed", "lenet5", "deep"])
 def test_bridge_grad_equals_autodiff_and_manual(name):
     model, params, x, y = _case(name)
     bridged = bridge.bridge(model)
-    assert (bridged.name, bridged.input_shape, bridged.head) == (model.name, model.input_shape,
-                                                                  model.head)
+    assert (bridged.name, bridged.input_shape) == (model.name, model.input_shape)
+    # the same head, its loss now a custom_vjp whose backward is the head's delta
+    assert bridged.head._replace(loss=None) == model.head._replace(loss=None)
+    assert bridged.head.loss is not model.head.loss
     assert [la.name for la in bridged.layers] == [la.name for la in model.layers]
     key = jax.random.key(5)
     grad_of = lambda m: jax.jit(jax.grad(m.loss), static_argnames="train")
-    manual = jitted(grads.manual_value_and_grad, model)
+    manual = jitted(_manual_value_and_grad, model)
     state = model.init_state(jnp.float64)
     # training (BatchNorm batch statistics, Dropout with one key), then evaluation with the
     # running averages that training produced
@@ -246,7 +253,7 @@ def test_bridge_grad_equals_autodiff_and_manual(name):
     aux_b = jax.jit(bridged.loss_and_aux, static_argnames="train")(params, x, y, **kw)
     aux_m = jax.jit(model.loss_and_aux, static_argnames="train")(params, x, y, **kw)
     assert worst(aux_b, aux_m) <= RTOL
-    assert worst(jitted(grads.manual_value_and_grad, bridged)(params, x, y, **kw)[1], g) <= RTOL
+    assert worst(jitted(_manual_value_and_grad, bridged)(params, x, y, **kw)[1], g) <= RTOL
 
 
 def test_bridge_under_vmap_checkpoint_and_train_step():
@@ -264,16 +271,17 @@ def test_bridge_under_vmap_checkpoint_and_train_step():
     ref = jitted(grads.manual_grad, model)(params, x, y, state=state, train=True, key=key)[1]
     assert worst(got, ref) <= RTOL
     # the gemm formulation of the convolutions reaches the rules through the bridge too
-    gemm = dict(state=state, train=True, key=key, impl="gemm")
-    got = jax.jit(jax.grad(bridged.loss), static_argnames=("train", "impl"))(params, x, y, **gemm)
-    ref = jax.jit(functools.partial(grads.manual_grad, model),
-                  static_argnames=("train", "impl"))(params, x, y, **gemm)[1]
+    gemm = dict(state=state, train=True, key=key)
+    got = jax.jit(jax.grad(bridged.with_impl("gemm").loss), static_argnames="train")(
+        params, x, y, **gemm)
+    ref = jax.jit(functools.partial(grads.manual_grad, model.with_impl("gemm")),
+                  static_argnames="train")(params, x, y, **gemm)[1]
     assert worst(got, ref) <= RTOL
     # the autodiff train step of a bridged model is the manual train step
     opt = optim.make_optimizer("adam", 1e-3)
-    out_b = steps.make_train_step(bridged, opt, "autodiff", donate=False)(
+    out_b = train_steps.make_train_step(bridged, opt, "autodiff", donate=False)(
         params, state, opt.init(params), (x, y), key)
-    out_m = steps.make_train_step(model, opt, "manual", donate=False)(
+    out_m = train_steps.make_train_step(model, opt, "manual", donate=False)(
         params, state, opt.init(params), (x, y), key)
     assert worst(out_b[:3], out_m[:3]) <= RTOL
 
@@ -288,8 +296,10 @@ def test_bridge_inside_shard_map_equals_manual_data_parallel():
     def local(p, s, x, y):
         kw = dict(state=s, train=True, axis_name=parallel.AXIS)
         auto = jax.grad(lambda q: lax.pmean(bridged.loss(q, x, y, **kw), parallel.AXIS))(p)
-        manual = grads.manual_grad(model, p, x, y, **kw)[1]
-        return auto, lax.pmean(manual, parallel.AXIS)
+        kw.pop("axis_name")
+        # the global gradient, pmean over the devices inside
+        manual = grads.value_and_grad(model, "manual", axis_name=parallel.AXIS)(p, x, y, **kw)[1]
+        return auto, manual
 
     f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
                               out_specs=P()))

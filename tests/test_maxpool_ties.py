@@ -39,7 +39,8 @@ def _inputs(kind, rng, shape):
 def test_ties_route_exactly_as_jax_grad(kind, cfg):
     rng = np.random.default_rng(0)
     x = _inputs(kind, rng, (2, 7, 8, 3))
-    win = _geometry.pool("max_pool", x, cfg["window"], cfg.get("stride"), cfg.get("padding", "VALID"))
+    win = _geometry.pool("max_pool", x, cfg["window"], cfg.get("stride"),
+                         cfg.get("padding", "VALID"))
     dy = rng.integers(-4, 5, (2, *win.out_hw, 3)).astype(np.float64)
     manual = jax.jit(lambda dy, x: backward.max_pool(dy, x, **cfg))(dy, x)
     _, pullback = jax.vjp(lambda x: forward.max_pool(x, **cfg), x)

@@ -1,4 +1,5 @@
-"""jaxcnn.training.parallel: data-parallel training equals one device's training on the global batch.
+"""jaxcnn.training.parallel: data-parallel training equals one device's training on the global
+batch.
 
 The multi-device checks run once, in a subprocess with eight forced CPU devices
 (tests/parallel_worker.py): this process has one CPU device, and its XLA flags are fixed once jax
@@ -19,7 +20,8 @@ from jax.sharding import Mesh
 
 from jaxcnn import models
 from jaxcnn.nn import grads
-from jaxcnn.training import optim, parallel, steps
+from jaxcnn.training import optim, parallel
+from jaxcnn.training import steps as train_steps
 
 HERE = Path(__file__).parent
 RTOL = 1e-12
@@ -95,8 +97,6 @@ def test_bad_arguments():
     model, opt = models.seed_cnn(), optim.make_optimizer("sgd", 0.1)
     with pytest.raises(ValueError, match="grad must be one of manual, autodiff"):
         parallel.make_parallel_train_step(model, opt, parallel.make_mesh(), "numeric")
-    with pytest.raises(ValueError, match="impl must be one of conv, gemm, auto"):
-        parallel.make_parallel_train_step(model, opt, parallel.make_mesh(), impl="fast")
     other = Mesh(np.array(jax.devices()[:1]), ("batch",))
     with pytest.raises(ValueError, match="axis named 'data'"):
         parallel.make_parallel_train_step(model, opt, other)
@@ -108,10 +108,10 @@ def test_one_device_step_equals_train_step():
     x, y = rng.standard_normal((8, 6, 6, 1)), rng.integers(0, 2, 8).astype(np.float64)
     params = model.init(jax.random.key(0), jnp.float64)
     mesh = parallel.make_mesh(1)
-    ref = steps.make_train_step(model, opt, donate=False)(params, {}, opt.init(params), (x, y),
-                                                          jax.random.key(1))
+    ref = train_steps.make_train_step(model, opt, donate=False)(
+        params, {}, opt.init(params), (x, y), jax.random.key(1))
     for grad, impl in [("manual", "conv"), ("autodiff", "conv"), ("manual", "gemm")]:
-        step = parallel.make_parallel_train_step(model, opt, mesh, grad, impl=impl,
+        step = parallel.make_parallel_train_step(model.with_impl(impl), opt, mesh, grad,
                                                  donate=False)
         out = step(*parallel.replicate((params, {}, opt.init(params)), mesh),
                    parallel.shard_batch((x, y), mesh), jax.random.key(1))
@@ -124,7 +124,8 @@ def test_train_cli_over_four_devices(tmp_path):
     is a one-line error with exit status 2."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    base = [sys.executable, "-m", "jaxcnn.tools.cli", "train", "--model", "seed", "--data", "synthetic",
+    base = [sys.executable, "-m", "jaxcnn.tools.cli", "train", "--model", "seed", "--data",
+            "synthetic",
             "--epochs", "1", "--quiet", "--devices", "4", "--out", str(tmp_path / "run")]
     ok = subprocess.run([*base, "--batch-size", "16"], env=env, capture_output=True, text=True,
                         timeout=300)

@@ -6,7 +6,7 @@ one of the two per gradient.
 
 References: the NumPy oracle in tests/reference.py for every configuration, and `jax.vjp` of the
 forward for every configuration except those where XLA:CPU (jaxlib 0.10.x) aborts the process when
-it compiles the gradient (`backward.xla_may_abort`: an axis with kernel 2, stride 2, dilation 1;
+it compiles the gradient (`fast.traps.xla_may_abort`: an axis with kernel 2, stride 2, dilation 1;
 tests/test_xla_traps.py runs those against finite differences in a subprocess). Avoiding them here
 keeps one bad compile from killing the whole test run; the oracle still checks them.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from jaxcnn import _geometry, backward, forward
+from jaxcnn import _geometry, backward, fast, forward
 
 from helpers import assert_close
 from reference import conv2d, conv2d_grads, max_pool_grad, pool_windows, scatter_windows
@@ -98,7 +98,7 @@ def test_conv2d_backward_sweep(cfg, seed):
         for name, got, want in zip(("dx", "dw", "db"), grads, ref):
             assert_close(got, want, RTOL, f"{impl} {name} vs NumPy oracle")
 
-    if backward.xla_may_abort(g.win):
+    if fast.traps.xla_may_abort(g.win):
         event("XLA trap configuration: jax.vjp skipped, oracle only")
     else:
         _, pullback = jax.vjp(lambda x, w: forward.conv2d(x, w, **kw), x, w)

@@ -12,8 +12,9 @@ import pytest
 
 from jaxcnn import backward, models
 from jaxcnn.nn import grads
-from jaxcnn.training import data, optim, per_example, steps
+from jaxcnn.training import data, optim, per_example
 from jaxcnn.training import run as trainer
+from jaxcnn.training import steps as train_steps
 
 from helpers import rel_err
 
@@ -34,7 +35,7 @@ def trajectory(grad: str, dtype, steps: int = STEPS, name: str = "lenet5-digits"
     opt = optim.make_optimizer("adam", 2e-3)
     params = jax.tree.map(lambda a: a.astype(dtype), m.init(jax.random.key(0), jnp.float64))
     state, opt_state = m.init_state(dtype), opt.init(params)
-    step = steps.make_train_step(m, opt, grad)
+    step = train_steps.make_train_step(m, opt, grad)
     losses, epoch = [], 0
     while len(losses) < steps:
         for xb, yb in data.batches(ds.x_train.astype(dtype), ds.y_train, batch, seed=0,
@@ -75,24 +76,23 @@ def test_manual_and_autodiff_train_identically_float32():
 
 @pytest.mark.parametrize("impl", ["auto", "conv"])
 def test_per_example_grads_equal_a_loop_and_average_to_the_batch_gradient(impl):
-    m = models.lenet5_digits()
+    m = models.lenet5_digits(impl=impl)
     params = m.init(jax.random.key(1), jnp.float64)
     ds = digits()
     x, y = ds.x_train[:6], ds.y_train[:6]
-    per_example = jax.jit(lambda p, x, y: per_example.per_example_grads(m, p, x, y, impl=impl))(
-        params, x, y)
+    each = jax.jit(lambda p, x, y: per_example.per_example_grads(m, p, x, y))(params, x, y)
     for i in range(len(x)):
         _, gi = grads.manual_grad(m, params, x[i:i + 1], y[i:i + 1])
-        assert params_rel(jax.tree.map(lambda a, i=i: a[i], per_example), gi) <= 1e-12
+        assert params_rel(jax.tree.map(lambda a, i=i: a[i], each), gi) <= 1e-12
     _, batch = grads.manual_grad(m, params, x, y)
-    assert params_rel(jax.tree.map(lambda a: a.mean(0), per_example), batch) <= 1e-12
+    assert params_rel(jax.tree.map(lambda a: a.mean(0), each), batch) <= 1e-12
 
 
-def test_per_example_grads_check_impl():
-    m = models.seed_cnn()
-    x, y = np.zeros((2, 6, 6, 1)), np.zeros(2)
+def test_models_check_impl_when_built():
     with pytest.raises(ValueError, match="impl must be one of conv, gemm, auto; got 'fastest'"):
-        per_example.per_example_grads(m, m.init(jax.random.key(0), jnp.float64), x, y, impl="fastest")
+        models.seed_cnn(impl="fastest")
+    with pytest.raises(ValueError, match="impl must be one of conv, gemm, auto; got 'im2col'"):
+        models.lenet5().with_impl("im2col")
 
 
 def _one_update(opt, params, g):
@@ -122,7 +122,7 @@ def test_layer_grad_norms_are_reported():
     m, ds = models.lenet5_digits(), digits()
     opt = optim.make_optimizer("sgd", 0.01)
     params = m.init(jax.random.key(0), jnp.float64)
-    step = steps.make_train_step(m, opt, "manual", donate=False)
+    step = train_steps.make_train_step(m, opt, "manual", donate=False)
     _, _, _, met = step(params, {}, opt.init(params), (ds.x_train[:8], ds.y_train[:8]),
                         jax.random.key(0))
     _, g = grads.manual_grad(m, params, ds.x_train[:8], ds.y_train[:8], train=True,
@@ -167,7 +167,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = trainer.TrainConfig(**{**SMALL, "epochs": 1})
     trainer.fit(cfg, tmp_path, progress=False, log=lambda s: None)
     good = (tmp_path / trainer.CHECKPOINT).read_bytes()
-    real_make = steps.make_train_step
+    real_make = train_steps.make_train_step
 
     def poisoned(*args, **kw):
         step = real_make(*args, **kw)
@@ -177,7 +177,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
             return params, state, opt_state, {**m, "loss": m["loss"] * jnp.nan}
         return wrapped
 
-    monkeypatch.setattr(train, "make_train_step", poisoned)
+    monkeypatch.setattr(train_steps, "make_train_step", poisoned)
     with pytest.raises(trainer.TrainingStoppedError, match=r"step 33 \(epoch 2\).*the last "
                                                            r"good checkpoint is .* \(epoch 1\)"):
         trainer.fit(trainer.TrainConfig(**{**SMALL, "epochs": 2}), tmp_path, resume=True,

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import backward, forward
+from jaxcnn import backward, fast, forward
 
 HERE = Path(__file__).parent
 TRAPS = {  # the two of the Core issue, and two found by tests' probe (no dilation; depthwise)
@@ -48,7 +48,7 @@ def test_manual_backward_is_right_where_jax_grad_aborts(name):
     proc = run_worker("manual", TRAPS[name])
     assert proc.returncode == 0, f"manual died (rc {proc.returncode}): {proc.stderr[-2000:]}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["guarded"], "backward.xla_may_abort must flag this configuration"
+    assert result["guarded"], "fast.traps.xla_may_abort must flag this configuration"
     assert result["oracle_rel"] <= 1e-9, result
     assert result["fd_rel"] <= 1e-6, result
 
@@ -62,7 +62,7 @@ def test_jax_grad_still_aborts_on_this_jaxlib(name):
     proc = run_worker("grad", TRAPS[name])
     assert _aborted(proc), (
         f"jaxlib {jaxlib.__version__} no longer aborts on {name} (rc {proc.returncode}): the XLA "
-        f"trap changed; re-measure backward.xla_may_abort and the tests that avoid jax.vjp")
+        f"trap changed; re-measure fast.traps.xla_may_abort and the tests that avoid jax.vjp")
 
 
 def test_unguarded_textbook_dx_aborts_too():
@@ -75,7 +75,7 @@ def test_predicate_flags_only_kernel2_stride2_axes():
     x = np.zeros((1, 9, 9, 1))
     def flagged(k, s, d):
         g = _geometry.conv("c", x, np.zeros((*k, 1, 1)), s, "VALID", d, 1)
-        return backward.xla_may_abort(g.win)
+        return fast.traps.xla_may_abort(g.win)
     assert flagged((2, 3), (2, 1), (1, 2)) and flagged((3, 2), (1, 2), (1, 1))
     assert not flagged((3, 3), (2, 2), (2, 2)) and not flagged((2, 2), (2, 2), (2, 2))
     assert not flagged((2, 2), (1, 1), (1, 1)) and not flagged((2, 3), (3, 1), (1, 1))

@@ -4,8 +4,8 @@ One contraction, three transposes. The forward is a single sum over the padded i
 
     y[n, i, o] = sum_{m, c} x_pad[n, i*s + m*d, c] * w[m, c, o]      (one spatial axis shown)
 
-and each gradient is the same sum with another operand left free (the view the comment in
-JAX's own `jax/_src/lax/convolution.py` takes of its two transposes):
+and each gradient is the same sum with another operand left free (the view JAX's own
+convolution transpose rules take of their two transposes):
 
   * dw keeps (m, c, o) free and contracts dy with x over (n, i):
         dw[m, c, o] = sum_{n, i} x_pad[n, i*s + m*d, c] * dy[n, i, o]

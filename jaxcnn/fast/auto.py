@@ -1,7 +1,7 @@
 """Which formulation of a convolution runs: the `impl` option and the measured `"auto"` rule.
 
 `impl` is an option of the conv ops (`forward.conv2d`, `backward.conv2d`) and of the conv layers
-(`nn.Conv2D`), chosen when an op is called or a layer is built:
+(`jaxcnn.nn.layers.Conv2D`), chosen when an op is called or a layer is built:
 
     "conv"  `lax.conv_general_dilated` (forward, and the dx / dw rules of `backward.conv`)
     "gemm"  one matrix product per kernel offset (`jaxcnn.fast.products`)

@@ -1,6 +1,6 @@
 """PyTorch (CPU, eager) twins of jaxcnn's networks: the yardstick of `jaxcnn bench --against torch`.
 
-`torch_model(net)` rebuilds any `jaxcnn.network.Network` in torch by walking its layers: each
+`torch_model(net)` rebuilds any `jaxcnn.nn.network.Network` in torch by walking its layers: each
 `Layer.spec` names the constructor and its options (e.g. {"kind": "Conv2D", "kernel": (3, 3),
 "padding": "SAME", ...}); sizes come from `net.input_shape` and `net.shapes`. Layers without a
 spec fall back to the twins written out here for the registered models, looked up by `net.name`.

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn import backward, forward
+from jaxcnn._precision import precision_of
 from jaxcnn.nn.network import Params
 
 Array = jax.Array
@@ -36,7 +37,8 @@ def seed_forward(params: Params, X: Array, Y: Array) -> dict[str, Array]:
 
 
 def seed_backward(params: Params, fwd: dict[str, Array], Y: Array) -> dict[str, Array]:
-    """Every backward tensor, in the order the seeds derive them, each by its own formula."""
+    """Every backward tensor, in the order the worked example derives them, each by its own
+    formula."""
     X, Z1, A1, F, A2 = fwd["X"], fwd["Z1"], fwd["A1"], fwd["F"], fwd["A2"]
     W2 = params["dense"]["w"]
     N = X.shape[0]
@@ -56,7 +58,7 @@ def seed_backward(params: Params, fwd: dict[str, Array], Y: Array) -> dict[str, 
     # cross-correlation of the input with the deltas (batch and channel roles swapped)
     g["dW1"] = lax.conv_general_dilated(X, g["dZ1"], (1, 1), "VALID",
                                         dimension_numbers=("CHWN", "IHWO", "HWNC"),
-                                        precision=forward.precision_of(None))
+                                        precision=precision_of(None))
     return g
 
 
