@@ -11,8 +11,9 @@ epoch loop, compile and per-epoch evaluation included) and the wall time of the 
 
 The run directories (checkpoints, metrics.jsonl, plots) go to a temporary directory unless
 `--runs-dir` is given; the first seed's curves.png is copied to
-experiments/figures/digits_curves.png (`--figure`) and the numbers written to
-experiments/results/digits.json (`--json`). `--epochs` shortens the runs (for tests).
+runs/experiments/digits_curves.png (`--figure`) and the numbers written to
+runs/experiments/digits.json (`--json`; the committed record is experiments/results/digits.json).
+`--epochs` shortens the runs (for tests).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from pathlib import Path
 from jaxcnn.training import run as trainer
 
 HERE = Path(__file__).resolve().parent
-FIGURE = HERE / "figures" / "digits_curves.png"
-RESULTS = HERE / "results" / "digits.json"
+# written under runs/ (not tracked) unless asked: the committed record in experiments/results and
+# experiments/figures changes only when a person passes those paths
+FIGURE = HERE.parent / "runs" / "experiments" / "digits_curves.png"
+RESULTS = HERE.parent / "runs" / "experiments" / "digits.json"
 
 
 def run_seeds(args: argparse.Namespace, runs_dir: Path) -> tuple[trainer.TrainConfig, list[dict]]:
@@ -47,7 +50,7 @@ def run_seeds(args: argparse.Namespace, runs_dir: Path) -> tuple[trainer.TrainCo
         rows.append({"seed": seed, "test_accuracy": summary["test_accuracy"],
                      "test_loss": summary["test_loss"], "train_loss": summary["train_loss"],
                      "train_seconds": summary["seconds"], "wall_seconds": wall,
-                     "run_dir": str(runs_dir / f"seed{seed}")})
+                     "run_dir": f"seed{seed}"})
         print(f"seed {seed}: test accuracy {summary['test_accuracy']:.4f} "
               f"({summary['seconds']:.1f} s training, {wall:.1f} s wall)", flush=True)
     return base, rows

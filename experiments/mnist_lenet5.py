@@ -11,9 +11,9 @@ script says which files it needs and exits with status 2.
 Trains `models.lenet5()` with `trainer.fit(TrainConfig(model="lenet5", data="mnist:DIR"))`:
 hand-written gradients, Adam (`--lr` 1e-3, cosine schedule), batch `--batch-size` 128,
 `--epochs` 10, seed `--seed` 0. Prints a markdown table of the per-epoch train loss, test loss
-and test accuracy, copies the run's curves.png to experiments/figures/mnist_lenet5_curves.png
+and test accuracy, copies the run's curves.png to runs/experiments/mnist_lenet5_curves.png
 (fashion_lenet5_curves.png with --fashion; `--figure`) and writes the numbers to
-experiments/results/mnist_lenet5.json (`--json`). The run directory (checkpoint, metrics.jsonl,
+runs/experiments/mnist_lenet5.json (`--json`). The run directory (checkpoint, metrics.jsonl,
 plots) is temporary unless `--runs-dir` is given.
 """
 
@@ -82,10 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="keep the run directory here (default: a temporary directory)")
     p.add_argument("--figure", type=Path, default=None,
-                   help="where to copy curves.png (default experiments/figures/"
+                   help="where to copy curves.png (default runs/experiments/"
                         "{mnist,fashion}_lenet5_curves.png)")
     p.add_argument("--json", type=Path, default=None,
-                   help="JSON of the numbers (default experiments/results/"
+                   help="JSON of the numbers (default runs/experiments/"
                         "{mnist,fashion}_lenet5.json)")
     return p.parse_args(argv)
 
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         missing = [] if args.dir is None or not args.dir.is_dir() else missing_files(args.dir)
         print(need_files_message(args.dir, missing, kind), file=sys.stderr)
         return 2
-    figure = args.figure or HERE / "figures" / f"{kind}_lenet5_curves.png"
-    out_json = args.json or HERE / "results" / f"{kind}_lenet5.json"
+    figure = args.figure or HERE.parent / "runs" / "experiments" / f"{kind}_lenet5_curves.png"
+    out_json = args.json or HERE.parent / "runs" / "experiments" / f"{kind}_lenet5.json"
     cfg = trainer.TrainConfig(model="lenet5", data=f"{kind}:{args.dir}", epochs=args.epochs,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               optimizer="adam", schedule="cosine", grad="manual",

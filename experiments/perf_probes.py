@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--json", default="experiments/results/perf_probes.json")
+    ap.add_argument("--json", default="runs/experiments/perf_probes.json")
     ap.add_argument("--precision", choices=tuple(bench.PRECISIONS), default="highest",
                     help="precision set around every section (jax.default_matmul_precision)")
     args = ap.parse_args(argv)

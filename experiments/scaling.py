@@ -97,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--json", default="experiments/results/scaling.json",
+    ap.add_argument("--json", default="runs/experiments/scaling.json",
                     help="where to write the numbers")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()

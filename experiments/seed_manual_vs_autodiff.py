@@ -13,8 +13,8 @@ table of the final test accuracy of both runs, the max |loss difference| over th
 and relative) and the max relative parameter difference at the end (per leaf,
 max |p_manual - p_autodiff| / max |p_autodiff|, the worst leaf).
 
-Writes experiments/figures/seed_manual_vs_autodiff.png and
-experiments/results/seed_manual_vs_autodiff.json (`--figure`, `--json` to change).
+Writes runs/experiments/seed_manual_vs_autodiff.{png,json} (`--figure`, `--json` to change; the
+committed record is experiments/results/ and experiments/figures/, refreshed by passing those).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from jaxcnn.training import data, optim, plots
 from jaxcnn.training import steps as train_steps
 
 HERE = Path(__file__).resolve().parent
-FIGURE = HERE / "figures" / "seed_manual_vs_autodiff.png"
-RESULTS = HERE / "results" / "seed_manual_vs_autodiff.json"
+# written under runs/ (not tracked) unless asked: the committed record changes only on purpose
+FIGURE = HERE.parent / "runs" / "experiments" / "seed_manual_vs_autodiff.png"
+RESULTS = HERE.parent / "runs" / "experiments" / "seed_manual_vs_autodiff.json"
 FLOOR = 1e-18  # exact zeros of |difference| are drawn here on the log scale
 
 
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"seed_cnn on synthetic bars: manual vs autodiff gradients "
              f"({args.optimizer}, lr {args.lr}, {args.epochs} epochs, seed {args.seed})")
     fig = plot(results, args.figure, title)
-    summary = {"config": {k: (str(v) if isinstance(v, Path) else v)
-                          for k, v in vars(args).items()},
+    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                          if k not in ("figure", "json")},
                "results": [{k: v for k, v in r.items() if not k.startswith("losses_")}
                            for r in results],
                "seconds": time.perf_counter() - t0}

@@ -20,8 +20,9 @@ standard deviation, so each layer doubles the signal, trained with the same SGD 
 `optim.make_optimizer(..., clip=1.0)` (clipping by global norm, seed 003's remedy).
 
 Prints a markdown table (first/last conv gradient norm and their ratio at init and after
-training, final test accuracy) and writes experiments/figures/vanishing_gradients.png
-(`--figure`) and experiments/results/vanishing_gradients.json (`--json`).
+training, final test accuracy) and writes runs/experiments/vanishing_gradients.png
+(`--figure`) and runs/experiments/vanishing_gradients.json (`--json`; the committed record is in
+experiments/results/ and experiments/figures/).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from jaxcnn.training import data, optim, plots
 from jaxcnn.training import steps as train_steps
 
 HERE = Path(__file__).resolve().parent
-FIGURE = HERE / "figures" / "vanishing_gradients.png"
-RESULTS = HERE / "results" / "vanishing_gradients.json"
+# written under runs/ (not tracked) unless asked: the committed record changes only on purpose
+FIGURE = HERE.parent / "runs" / "experiments" / "vanishing_gradients.png"
+RESULTS = HERE.parent / "runs" / "experiments" / "vanishing_gradients.json"
 
 HE = layers.HE_NORMAL
 GLOROT = jax.nn.initializers.glorot_normal()
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.grad_batch} images)\n")
     print(table(results))
     fig = plot(results, {n[0]: n[4] for n in nets}, args.figure, args)
-    out = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    out = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                          if k not in ("figure", "json")},
            "results": finite_or_none([{k: v for k, v in r.items()
                                        if k not in ("losses", "grad_norm", "layer_grad_norms")}
                                       for r in results]),
