@@ -5,7 +5,8 @@
     manual_grad              the hand-written backward pass (`Network.backprop`)
     autodiff_grad            `jax.value_and_grad(model.loss)`
     finite_difference_grad   central differences in float64, coordinate by coordinate
-    compare                  per-leaf max abs / max rel difference and cosine similarity
+    compare                  per-leaf max abs / max rel difference and cosine similarity;
+                             a non-finite value or an empty comparison fails, never passes
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def value_and_grad(model: Network, grad: str = "manual", *,
         return mean(loss), mean(g), (trace.state, trace.activations[-1])
 
     def autodiff(params, x, y, *, state=None, train=False, key=None):
+        # before jax.grad sees them: its own error for a bad leaf would name no path
+        model.check_input(x)
+        model.check_params(params, x.dtype)
+
         def loss(p):
             value, aux = model.loss_and_aux(p, x, y, state=state, train=train, key=key,
                                             axis_name=axis_name)
@@ -95,17 +100,47 @@ def autodiff_grad(model: Network, params: Params, x: Array, y: Array, *,
     return loss, g
 def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *,
                            eps: float = 1e-6, max_per_leaf: int | None = None, seed: int = 0,
-                           **kw: Any) -> Params:
+                           return_mask: bool = False,
+                           **kw: Any) -> Params | tuple[Params, Params]:
     """Central differences `(L(p + eps e_i) - L(p - eps e_i)) / (2 eps)`, in float64.
 
     Every coordinate of every leaf, or at most `max_per_leaf` coordinates drawn at random per
-    leaf; coordinates not evaluated are NaN. Params must be float64 (`jax_enable_x64`).
-    Keywords as `manual_grad` (use the same dropout key, so the loss is one function of params).
+    leaf. The coordinates not evaluated hold NaN, which a NaN result of an evaluated coordinate
+    (a NaN loss) also is: to tell them apart, ask for `return_mask=True` and pass the mask to
+    `compare(..., mask=evaluated)`, which then fails any non-finite evaluated coordinate.
+
+    Args:
+      model, params: a `Network` and its parameters, float64 (`jax_enable_x64`).
+      x, y: the batch; eps: the step (> 0); seed: of the coordinates drawn.
+      max_per_leaf: None for every coordinate, else the number drawn per leaf (>= 1).
+      return_mask: also return which coordinates were evaluated.
+      **kw: as `manual_grad` (use the same dropout key, so the loss is one function of params).
+
+    Returns:
+      The differences with params' structure (NumPy float64), or, with `return_mask`,
+      (differences, evaluated): evaluated a pytree of bool arrays of the same structure and
+      shapes, True where a coordinate was evaluated.
     """
-    leaves, treedef = jax.tree.flatten(params)
-    if any(leaf.dtype != jnp.float64 for leaf in leaves):
-        raise TypeError("finite_difference_grad needs float64 params: enable jax_enable_x64 and "
-                        "init the model with dtype=jnp.float64")
+    fn = "finite_difference_grad"
+    try:
+        step = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: eps must be a number; got {type(eps).__name__}") from None
+    if not (np.isfinite(step) and step > 0):
+        raise ValueError(f"{fn}: eps must be a finite step > 0; got {eps!r}")
+    if max_per_leaf is not None and (not isinstance(max_per_leaf, int | np.integer)
+                                     or isinstance(max_per_leaf, bool) or max_per_leaf < 1):
+        raise ValueError(f"{fn}: max_per_leaf must be None (every coordinate) or an int >= 1; "
+                         f"got {max_per_leaf!r}")
+    model.check_input(x)
+    model.check_params(params)
+    leaves_p, treedef = jax.tree_util.tree_flatten_with_path(params)
+    for path, leaf in leaves_p:
+        if leaf.dtype != jnp.float64:
+            raise TypeError(f"{fn} needs float64 params (enable jax_enable_x64 and init the model "
+                            f"with dtype=jnp.float64); params{jax.tree_util.keystr(path)} is "
+                            f"{leaf.dtype}")
+    leaves = [leaf for _, leaf in leaves_p]
     rng = np.random.default_rng(seed)
 
     def loss_at(flat_leaves):
@@ -114,56 +149,145 @@ def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *
     # one compiled function per leaf, mapped over the coordinates to perturb
     def leaf_fd(i, coords):
         def two_sided(j):
-            e = jnp.zeros(leaves[i].size, leaves[i].dtype).at[j].set(eps)
+            e = jnp.zeros(leaves[i].size, leaves[i].dtype).at[j].set(step)
             plus, minus = list(leaves), list(leaves)
             plus[i] = leaves[i] + e.reshape(leaves[i].shape)
             minus[i] = leaves[i] - e.reshape(leaves[i].shape)
-            return (loss_at(plus) - loss_at(minus)) / (2 * eps)
+            return (loss_at(plus) - loss_at(minus)) / (2 * step)
         return jax.lax.map(two_sided, coords)
 
-    out = []
+    out, masks = [], []
     for i, leaf in enumerate(leaves):
         n = leaf.size
         coords = np.arange(n) if max_per_leaf is None or n <= max_per_leaf else \
             np.sort(rng.choice(n, max_per_leaf, replace=False))
-        fd = np.full(n, np.nan)
+        fd, evaluated = np.full(n, np.nan), np.zeros(n, bool)
         fd[coords] = np.asarray(jax.jit(leaf_fd, static_argnums=0)(i, coords))
+        evaluated[coords] = True
         out.append(fd.reshape(leaf.shape))
-    return jax.tree.unflatten(treedef, out)
+        masks.append(evaluated.reshape(leaf.shape))
+    fd_tree = jax.tree.unflatten(treedef, out)
+    return (fd_tree, jax.tree.unflatten(treedef, masks)) if return_mask else fd_tree
 
 
 class LeafDiff(NamedTuple):
+    """One leaf of `compare`: how far `a` is from the reference `b`.
+
+    A leaf with a non-finite entry (in a anywhere, in b where compared) or with nothing
+    compared is not `finite`: its max_abs and max_rel are inf (never NaN, so that
+    `max(rows, key=lambda r: r.max_rel)` picks it and `r.max_rel <= tol` is false) and its
+    cosine NaN.
+    """
+
     path: str
     shape: tuple[int, ...]
-    max_abs: float   # max |a - b|
+    max_abs: float   # max |a - b| over the entries compared
     max_rel: float   # max |a - b| / max(max |b|, 1e-30)
-    cosine: float    # <a, b> / (|a| |b|)
+    cosine: float    # <a, b> / (|a| |b|) over the entries compared
+    compared: int    # how many entries were compared (the mask's count, else the leaf's size)
+    nonfinite: int   # entries where a, or b (where compared), is NaN or infinite
+
+    @property
+    def finite(self) -> bool:
+        """Something was compared and every value involved is finite."""
+        return self.compared > 0 and self.nonfinite == 0
+
+    def within(self, tol: float) -> bool:
+        """The leaf is finite and its max_rel is <= tol."""
+        return self.finite and self.max_rel <= tol
 
 
-def compare(a: Any, b: Any) -> list[LeafDiff]:
-    """Per-leaf differences between two gradient pytrees of the same structure, `b` the
-    reference. NaN entries of `b` (coordinates a finite-difference pass skipped) are ignored."""
+def _paths(tree: Any) -> list[str]:
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _same_structure(fn: str, a: Any, b: Any, name_a: str, name_b: str) -> None:
+    if jax.tree.structure(a) == jax.tree.structure(b):
+        return
+    pa, pb = _paths(a), _paths(b)
+    only_a = [p for p in pa if p not in pb]
+    only_b = [p for p in pb if p not in pa]
+    detail = "; ".join(part for part in (
+        f"only in {name_a}: {', '.join(only_a)}" if only_a else "",
+        f"only in {name_b}: {', '.join(only_b)}" if only_b else "") if part) or \
+        f"{jax.tree.structure(a)} vs {jax.tree.structure(b)}"
+    raise ValueError(f"{fn}: {name_a} and {name_b} differ in structure ({detail})")
+
+
+def compare(a: Any, b: Any, *, mask: Any = None) -> list[LeafDiff]:
+    """Per-leaf differences between two gradient pytrees of one structure, `b` the reference.
+
+    A proof tool must not pass a wrong answer, so nothing is skipped silently: a NaN or
+    infinite value in `a` (anywhere) or in `b` (where compared) makes that leaf non-finite
+    (`LeafDiff.finite` False, max_rel inf), whether or not the other side has it too; so
+    does a leaf with nothing compared. Coordinates that a sampled finite-difference pass did
+    not evaluate are excluded only by an explicit `mask` (see `finite_difference_grad`'s
+    `return_mask`), never by being NaN.
+
+    Args:
+      a: the gradient checked (e.g. the manual one).
+      b: the reference, the same structure and leaf shapes.
+      mask: None (compare every entry) or a pytree of bool arrays of b's structure and shapes,
+        True where b was evaluated.
+
+    Returns:
+      One `LeafDiff` per leaf, in the trees' leaf order.
+
+    Raises:
+      ValueError: the trees (or the mask) differ in structure or in a leaf's shape, or there
+        is nothing to compare (no leaves). TypeError: a mask leaf is not boolean.
+    """
+    fn = "compare"
+    _same_structure(fn, a, b, "a", "b")
+    leaves = jax.tree_util.tree_leaves_with_path(a)
+    if not leaves:
+        raise ValueError(f"{fn}: nothing to compare: a and b have no leaves")
+    if mask is None:
+        masks: list[Any] = [None] * len(leaves)
+    else:
+        _same_structure(fn, b, mask, "b", "mask")
+        masks = jax.tree.leaves(mask)
     rows = []
-    for (path, la), lb in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    for (path, la), lb, lm in zip(leaves, jax.tree.leaves(b), masks):
+        key = jax.tree_util.keystr(path)
         la, lb = np.asarray(la, np.float64), np.asarray(lb, np.float64)
         if la.shape != lb.shape:
-            raise ValueError(f"compare: {jax.tree_util.keystr(path)} has shape {la.shape} in a "
-                             f"but {lb.shape} in b")
-        mask = ~np.isnan(lb)
-        va, vb = la[mask], lb[mask]
-        diff = float(np.abs(va - vb).max(initial=0.0))
-        scale = float(np.abs(vb).max(initial=0.0))
+            raise ValueError(f"{fn}: {key} has shape {la.shape} in a but {lb.shape} in b")
+        if lm is None:
+            m = np.ones(la.shape, bool)
+        else:
+            m = np.asarray(lm)
+            if m.dtype != bool:
+                raise TypeError(f"{fn}: mask{key} must be a bool array (True where b was "
+                                f"evaluated); got {m.dtype}")
+            if m.shape != lb.shape:
+                raise ValueError(f"{fn}: mask{key} has shape {m.shape} but b{key} has "
+                                 f"{lb.shape}")
+        bad = ~np.isfinite(la) | (m & ~np.isfinite(lb))
+        compared, nonfinite = int(m.sum()), int(bad.sum())
+        if compared == 0 or nonfinite:
+            rows.append(LeafDiff(key, la.shape, np.inf, np.inf, np.nan, compared, nonfinite))
+            continue
+        va, vb = la[m], lb[m]
+        diff = float(np.abs(va - vb).max())
+        scale = float(np.abs(vb).max())
         norm = float(np.linalg.norm(va) * np.linalg.norm(vb))
-        rows.append(LeafDiff(jax.tree_util.keystr(path), la.shape, diff, diff / max(scale, 1e-30),
-                             float(np.dot(va, vb) / norm) if norm > 0 else float(diff == 0)))
+        rel = diff / max(scale, 1e-30)
+        cosine = float(np.dot(va, vb) / norm) if norm > 0 else float(diff == 0)
+        if not (np.isfinite(diff) and np.isfinite(rel)):  # finite entries whose difference
+            diff = rel = np.inf                            # overflows
+        rows.append(LeafDiff(key, la.shape, diff, rel, cosine, compared, 0))
     return rows
 
 
 def format_table(rows: list[LeafDiff], title: str = "") -> str:
-    """`compare`'s rows as an aligned text table."""
+    """`compare`'s rows as an aligned text table; a non-finite leaf says so."""
     lines = [title] if title else []
     lines.append(f"{'parameter':28} {'shape':>16} {'max abs diff':>13} {'max rel diff':>13} "
                  f"{'cosine':>10}")
-    lines += [f"{r.path:28} {r.shape!s:>16} {r.max_abs:13.3e} {r.max_rel:13.3e} {r.cosine:10.7f}"
-              for r in rows]
+    for r in rows:
+        note = "" if r.finite else \
+            "  nothing compared" if r.compared == 0 else f"  non-finite ({r.nonfinite})"
+        lines.append(f"{r.path:28} {r.shape!s:>16} {r.max_abs:13.3e} {r.max_rel:13.3e} "
+                     f"{r.cosine:10.7f}{note}")
     return "\n".join(lines)

@@ -51,6 +51,11 @@ class Layer(NamedTuple):
     with_impl: Callable[[str], Layer] | None = None  # the layer rebuilt with another impl
 
 
+def _features(kind: str, name: str, features: Any) -> None:
+    if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+        raise ValueError(f"{kind} {name!r}: features must be an int >= 1; got {features!r}")
+
+
 def _out_shape(fn: Callable, in_shape: Shape, dtype: Any, *args: Any) -> Shape:
     """One example's output shape, found (and the layer's options checked) without computing."""
     x = jax.ShapeDtypeStruct((1, *in_shape), dtype)
@@ -85,6 +90,7 @@ def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
     """
     opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     kh, kw = _geometry.pair("Conv2D", "kernel", kernel)
+    _features("Conv2D", name, features)
     check_impl(f"Conv2D {name!r}", impl)
 
     def init(key, in_shape, dtype):
@@ -115,6 +121,7 @@ def Dense(features: int, *, use_bias: bool = True,
 
     params: {"w": (D_in, features), "b": (features,)}.
     """
+    _features("Dense", name, features)
 
     def init(key, in_shape, dtype):
         if len(in_shape) != 1:

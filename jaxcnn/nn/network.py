@@ -11,7 +11,7 @@ state (BatchNorm running averages) is a separate dict, never mixed into the para
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -24,6 +24,7 @@ from jaxcnn.nn.layers import Layer
 Array = jax.Array
 Params = dict[str, dict[str, Array]]
 State = dict[str, dict[str, Array]]
+Shapes = dict[str, dict[str, tuple[int, ...]]]  # {layer name: {leaf name: shape}}
 
 
 class Head(NamedTuple):
@@ -85,10 +86,18 @@ class Network:
             raise ValueError(f"{name}: layer names must be unique; got {names}")
         self.name, self.layers, self.head = name, tuple(layers), head
         self.input_shape = tuple(input_shape)
-        # shapes (and every layer's options, checked) without computing anything
-        shapes = jax.eval_shape(lambda k: self._init(k, jnp.float32)[2], jax.random.key(0))
+        # shapes (and every layer's options, checked) without computing anything; the params'
+        # and state's shapes do not depend on the dtype, so this one abstract init is what
+        # `check_params` and `check_state` compare against on every call
+        params, state, shapes = jax.eval_shape(lambda k: self._init(k, jnp.float32),
+                                               jax.random.key(0))
         self.output_shape = tuple(shapes[-1].shape)
         self.shapes = [tuple(s.shape) for s in shapes]  # per layer output, one example
+        self.param_shapes: Shapes = {n: {k: tuple(v.shape) for k, v in p.items()}
+                                     for n, p in params.items()}
+        self.state_shapes: Shapes = {n: {k: tuple(v.shape) for k, v in s.items()}
+                                     for n, s in state.items()}
+        self._kinds = {layer.name: layer.spec.get("kind", "layer") for layer in self.layers}
         # one compiled program per dtype initialises every layer (not one per random op)
         self._jit_init = jax.jit(lambda k, dtype: self._init(k, dtype)[0], static_argnums=1)
         self._jit_state = jax.jit(lambda dtype: self._init(jax.random.key(0), dtype)[1],
@@ -128,24 +137,160 @@ class Network:
 
     # ------------------------------------------------------------------ checks
     def check_input(self, x: Any) -> None:
-        """x must be (N, H, W, C) images of this network's input shape."""
+        """x must be (N, H, W, C) images of this network's input shape, of a floating dtype.
+
+        Args:
+          x: the images.
+
+        Raises:
+          TypeError: x is not an array, or not floating; ValueError: x has the wrong shape.
+        """
         _geometry.array(self.name, "x", x)
         if len(x.shape) != 4 or tuple(x.shape[1:]) != self.input_shape:
             hwc = ", ".join(map(str, self.input_shape))
             raise ValueError(f"{self.name} expects images of shape (N, {hwc}) (N, H, W, C); "
                              f"got x with shape {tuple(x.shape)}")
 
+    def check_params(self, params: Any, dtype: Any = None) -> None:
+        """params must have exactly the structure `init` returns, every leaf of its shape.
+
+        Reads only the structure, the shapes and the dtypes (static under jit, vmap and grad),
+        against the shapes the constructor found once with `jax.eval_shape` of init: no init is
+        recomputed. `forward` calls it, so every path (manual, autodiff, the bridge, training)
+        refuses a missing, extra or misshapen parameter before computing anything.
+
+        Args:
+          params: {layer name: {leaf name: array}}, e.g. seed_cnn's
+            {"conv": {"w": (3, 3, 1, 1), "b": (1,)}, "dense": {"w": (4, 1), "b": (1,)}}.
+          dtype: if given, the dtype every leaf must have (`forward` passes x's: the layers
+            compute in one dtype).
+
+        Raises:
+          TypeError: params or a layer's entry is not a dict, or a leaf is not an array of a
+            floating dtype (or not of `dtype`).
+          ValueError: a layer or leaf is missing or unexpected, or a leaf has the wrong shape.
+          Each message names the path, e.g. "seed_cnn: params['conv']['w'] has shape
+          (5, 5, 1, 1) but the layer needs (3, 3, 1, 1)".
+        """
+        self._check_tree("params", params, self.param_shapes, dtype, partial=False)
+
+    def check_state(self, state: Any, dtype: Any = None) -> None:
+        """state (BatchNorm's running averages) must be a dict {layer name: {leaf: array}} as
+        `init_state` returns, or any part of it: a layer absent (or given {}) starts from its
+        initial state. Static, like `check_params`.
+
+        Args:
+          state: the network state; dtype: if given, the dtype every leaf must have.
+
+        Raises:
+          TypeError / ValueError as `check_params`, naming the path, e.g. state['bn1']['mean'].
+        """
+        self._check_tree("state", state, self.state_shapes, dtype, partial=True)
+
+    def _check_tree(self, what: str, tree: Any, expected: Shapes, dtype: Any,
+                    partial: bool) -> None:
+        """The check behind `check_params` (partial=False: every layer and leaf required) and
+        `check_state` (partial=True: a layer may be absent or {}, else complete)."""
+        name, kinds = self.name, self._kinds
+        if not isinstance(tree, Mapping):
+            raise TypeError(f"{name}: {what} must be a dict {{layer name: {{leaf name: array}}}} "
+                            f"as {'init' if what == 'params' else 'init_state'} returns; got "
+                            f"{type(tree).__name__}")
+        owners = ", ".join(map(repr, expected)) or "none"
+        noun = "parameters" if what == "params" else "state"
+        for layer in tree:
+            if layer in expected:
+                continue
+            if layer in kinds:
+                raise ValueError(f"{name}: {what}[{layer!r}] is given but layer {layer!r} "
+                                 f"({kinds[layer]}) has no {noun}")
+            raise ValueError(f"{name}: {what}[{layer!r}] names no layer of this model; the layers "
+                             f"with {what} are {owners}")
+
+        def needs(layer: str) -> str:
+            return ", ".join(f"{k!r} {v}" for k, v in expected[layer].items())
+
+        for layer, leaves in expected.items():
+            if layer not in tree:
+                if partial:
+                    continue
+                raise ValueError(f"{name}: {what}[{layer!r}] is missing; layer {layer!r} "
+                                 f"({kinds[layer]}) needs {needs(layer)}")
+            entry = tree[layer]
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"{name}: {what}[{layer!r}] must be a dict of arrays "
+                                f"({', '.join(map(repr, leaves))}); got {type(entry).__name__}")
+            if partial and not entry:
+                continue
+            for leaf in entry:
+                if leaf not in leaves:
+                    raise ValueError(f"{name}: {what}[{layer!r}][{leaf!r}] is not a leaf of layer "
+                                     f"{layer!r} ({kinds[layer]}), which has "
+                                     f"{', '.join(map(repr, leaves))}")
+            for leaf, shape in leaves.items():
+                path = f"{what}[{layer!r}][{leaf!r}]"
+                if leaf not in entry:
+                    raise ValueError(f"{name}: {path} is missing; layer {layer!r} "
+                                     f"({kinds[layer]}) needs {needs(layer)}")
+                v = entry[leaf]
+                if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+                    raise TypeError(f"{name}: {path} must be an array of shape {shape}; got "
+                                    f"{type(v).__name__}")
+                if not jnp.issubdtype(v.dtype, jnp.floating):
+                    raise TypeError(f"{name}: {path} must have a floating dtype; got {v.dtype}")
+                if dtype is not None and jnp.dtype(v.dtype) != jnp.dtype(dtype):
+                    raise TypeError(f"{name}: {path} is {v.dtype} but x is {jnp.dtype(dtype)}; "
+                                    f"the network computes in one dtype (init it with x's)")
+                if tuple(v.shape) != shape:
+                    raise ValueError(f"{name}: {path} has shape {tuple(v.shape)} but the layer "
+                                     f"needs {shape}")
+
     def check_labels(self, x: Any, y: Any) -> None:
-        """y must be (N,) labels: 0./1. floats for a binary head, int class ids otherwise."""
+        """y must be (N,) labels: 0./1. floats for a binary head, int class ids otherwise.
+
+        Shape and dtype are checked always (they are static). The values are checked only when
+        they are concrete (eager calls): a NaN or infinite binary label, a binary label outside
+        [0, 1] (soft labels inside it are allowed) or a class id outside [0, K) raises.
+
+        Under `jax.jit` / `vmap` / `grad` (y a tracer) the values are NOT checked, and nothing
+        raises for them. What then happens, exactly:
+          - binary, y outside [0, 1]: the loss `mean(max(z, 0) - z y + log(1 + exp(-|z|)))` is
+            linear in y, so it is finite and wrong (it may be negative), and the gradients are
+            those of that formula (dL/dz = (sigmoid(z) - y) / N), finite;
+          - binary, y NaN (or inf): the loss and every gradient are NaN;
+          - softmax, a class id outside [0, K): `one_hot` makes its target row all zeros, so
+            that example adds 0 to the loss and 0 to every gradient while still counting in the
+            batch mean's N: the loss is finite, silently too small.
+        Check the labels eagerly before jit (as the data loaders do) to rule these out.
+
+        Args:
+          x: the images (N, H, W, C), whose N the labels must match.
+          y: the labels.
+
+        Raises:
+          TypeError: x or y is not an array. ValueError: y has the wrong shape or dtype, or
+          (eagerly) a value that is NaN, infinite or out of range; the message names y.
+        """
+        self.check_input(x)
         n = x.shape[0]
         kind = self.head.labels(self.num_classes)
-        if not hasattr(y, "dtype") or not self.head.label_dtype_ok(y.dtype) \
-                or tuple(y.shape) != (n,):
-            got = f"shape {tuple(y.shape)} {y.dtype}" if hasattr(y, "dtype") else type(y).__name__
-            raise ValueError(f"{self.name} expects y of shape ({n},) holding {kind}; got {got}")
+        if not hasattr(y, "dtype") or not hasattr(y, "shape"):
+            raise TypeError(f"{self.name} expects y to be a JAX or NumPy array of shape ({n},) "
+                            f"holding {kind}; got {type(y).__name__}")
+        if not self.head.label_dtype_ok(y.dtype) or tuple(y.shape) != (n,):
+            raise ValueError(f"{self.name} expects y of shape ({n},) holding {kind}; got shape "
+                             f"{tuple(y.shape)} {y.dtype}")
         vals = _geometry.concrete(y)
+        if vals is None or not vals.size:
+            return
+        bad = np.flatnonzero(~np.isfinite(vals)) if self.head.kind == "binary" else ()
+        if len(bad):  # before the range check: every comparison with NaN is false
+            i = int(bad[0])
+            got = "NaN" if np.isnan(vals[i]) else str(vals[i])
+            raise ValueError(f"{self.name} expects y holding {kind}; got {got} at index {i} "
+                             f"({len(bad)} non-finite label{'s' if len(bad) > 1 else ''})")
         high = 1 if self.head.kind == "binary" else self.num_classes - 1
-        if vals is not None and vals.size and (vals.min() < 0 or vals.max() > high):
+        if vals.min() < 0 or vals.max() > high:
             raise ValueError(f"{self.name} expects y holding {kind}; got values in "
                              f"[{vals.min()}, {vals.max()}]")
 
@@ -159,9 +304,18 @@ class Network:
         from its initial one). train: batch statistics for BatchNorm and active Dropout (which
         then needs `key`). axis_name: the mapped device axis of data-parallel training, over
         which BatchNorm's batch statistics are taken.
+
+        Args:
+          params: as `init` returns (checked by `check_params`: structure, shapes, dtype x's).
+          x: (N, H, W, C) images; the other keywords as above (state checked by `check_state`).
+
+        Returns:
+          The `Trace`: every layer's input and the logits, the residuals, the updated state.
         """
         self.check_input(x)
+        self.check_params(params, x.dtype)
         state = {} if state is None else state
+        self.check_state(state, x.dtype)
         acts, residuals, new_state = [x], [], {}
         for i, layer in enumerate(self.layers):
             k = None if key is None else jax.random.fold_in(key, i)

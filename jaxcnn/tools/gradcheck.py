@@ -1,7 +1,14 @@
-"""`jaxcnn gradcheck`: a model's manual gradients against jax.grad and finite differences."""
+"""`jaxcnn gradcheck`: a model's manual gradients against jax.grad and finite differences.
+
+A proof tool that cannot pass a wrong answer: a row passes only when every value it involves is
+finite (the loss, the manual, autodiff and finite-difference gradients) and within tolerance;
+`sabotage` runs the check with a deliberately wrong rule, to see it fail.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -9,38 +16,104 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import backward
 from jaxcnn.nn import grads, models
 from jaxcnn.nn.grads import TOLERANCES  # (vs autodiff, vs finite differences) per dtype
 
+# the rules `sabotage` can break: every function of jaxcnn.backward that returns gradients
+RULES = tuple(name for name in backward.__all__ if name != "moments")
+SABOTAGE_FACTOR = 10  # a sabotaged rule is off by this many times the tolerance vs autodiff
+
 
 class LeafCheck(NamedTuple):
-    path: str
+    path: str                 # "loss", or a parameter leaf's path such as "['conv']['w']"
     shape: tuple[int, ...]
-    rel_autodiff: float       # max |manual - autodiff| / max |autodiff|
+    rel_autodiff: float       # max |manual - autodiff| / max |autodiff|; inf if non-finite
     rel_fd: float | None      # max |manual - fd| / max |fd| over the coordinates evaluated
-    cosine: float             # cosine(manual, autodiff)
-    ok: bool
+    cosine: float | None      # cosine(manual, autodiff); None for the loss
+    finite: bool              # every value involved is finite (and something was compared)
+    ok: bool                  # finite and within both tolerances
+
+
+def _count(name: str, flag: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+        raise TypeError(f"gradcheck: {name} ({flag}) must be an int; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"gradcheck: {name} ({flag}) must be >= {minimum}; got {value}")
+    return int(value)
+
+
+@contextlib.contextmanager
+def sabotaged(rule: str | None, factor: float) -> Iterator[list[int]]:
+    """Within the block, `jaxcnn.backward.<rule>` returns every gradient times `factor` (the
+    layers and loss heads look their rules up there at each call); yields a one-element list
+    counting the calls. Restored on exit. rule None: nothing changes."""
+    calls = [0]
+    if rule is None:
+        yield calls
+        return
+    real = getattr(backward, rule)
+
+    def wrong(*args: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return jax.tree.map(lambda g: g * factor, real(*args, **kw))
+
+    setattr(backward, rule, wrong)
+    try:
+        yield calls
+    finally:
+        setattr(backward, rule, real)
 
 
 def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
-              train: bool = False, fd_per_leaf: int = 8,
-              jitter: float = 0.05) -> tuple[list[LeafCheck], str]:
-    """Manual vs `jax.grad` (and vs central differences, float64 only) on every parameter leaf of
-    model `name` for a random batch; returns the rows and a header describing the run.
+              train: bool = False, fd_per_leaf: int = 8, jitter: float = 0.05,
+              sabotage: str | None = None) -> tuple[list[LeafCheck], str]:
+    """Manual vs `jax.grad` (and vs central differences, float64 only) on the loss and every
+    parameter leaf of model `name` for a random batch.
 
     The check point is `model.init` plus `jitter * N(0, 1)` on every leaf: at init the biases are
     exactly 0, so a ReLU whose receptive field is all zeros (padding, or an upstream ReLU's zeros)
     sits exactly on its kink, where central differences see slope 1/2 and both the manual rule
     and jax.grad take 0 (seen on deep-digits' depthwise3 bias). jitter=0 checks init as is.
+
+    Args:
+      name: a registered model (`models.MODELS`).
+      dtype: "float64" (vs autodiff and finite differences) or "float32" (vs autodiff only).
+      batch: examples in the random batch (>= 1); seed: of params, batch and dropout (>= 0).
+      train: training mode (batch-statistics BatchNorm, Dropout with one fixed key).
+      fd_per_leaf: finite-difference coordinates drawn per leaf (>= 1).
+      jitter: the standard deviation of the offsets added to init (finite, >= 0).
+      sabotage: None, or a rule of `jaxcnn.backward` (one of `RULES`, e.g. "conv2d") whose
+        gradients are scaled by 1 + SABOTAGE_FACTOR * the tolerance vs autodiff while the
+        manual gradient is computed: a self-test, the check must then fail.
+
+    Returns:
+      (rows, header): the "loss" row then one row per parameter leaf, and the lines describing
+      the run. Every row must be `ok` for the check to pass.
+
+    Raises:
+      ValueError / TypeError: a bad argument (naming it), an unknown model, or a sabotaged rule
+      the model never calls.
     """
     if dtype not in TOLERANCES:
-        raise ValueError(f"dtype must be one of {', '.join(TOLERANCES)}; got {dtype!r}")
-    if batch < 1 or fd_per_leaf < 1:
-        raise ValueError(f"--batch and --fd-per-leaf must be >= 1; got {batch}, {fd_per_leaf}")
+        raise ValueError(f"gradcheck: dtype (--dtype) must be one of {', '.join(TOLERANCES)}; "
+                         f"got {dtype!r}")
+    batch = _count("batch", "--batch", batch, 1)
+    fd_per_leaf = _count("fd_per_leaf", "--fd-per-leaf", fd_per_leaf, 1)
+    seed = _count("seed", "--seed", seed, 0)
+    if not isinstance(jitter, int | float | np.floating) or isinstance(jitter, bool):
+        raise TypeError(f"gradcheck: jitter (--jitter) must be a number; got {jitter!r}")
+    if not (np.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"gradcheck: jitter (--jitter) must be a finite number >= 0 (a "
+                         f"standard deviation); got {jitter}")
+    if sabotage is not None and sabotage not in RULES:
+        raise ValueError(f"gradcheck: sabotage must be a rule of jaxcnn.backward, one of "
+                         f"{', '.join(RULES)}; got {sabotage!r}")
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     model = models.get(name)
     dt = jnp.dtype(dtype)
+    tol_ad, tol_fd = TOLERANCES[dtype]
     k_params, k_drop = jax.random.split(jax.random.key(seed))
     rng = np.random.default_rng(seed)  # NumPy for the rest: no XLA compile per shape
     params, state = model.init(k_params, dt), model.init_state(dt)
@@ -54,44 +127,76 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
     key = k_drop if train else None  # one dropout key for all three gradients
     kw: dict[str, Any] = {"state": state, "train": train, "key": key}
     # compiled once each: far faster than op-by-op dispatch on the bigger models
-    loss_m, manual = jax.jit(partial(grads.manual_grad, model, train=train))(
-        params, x, y, state=state, key=key)
+    factor = 1 + SABOTAGE_FACTOR * tol_ad
+    with sabotaged(sabotage, factor) as calls:
+        loss_m, manual = jax.jit(partial(grads.manual_grad, model, train=train))(
+            params, x, y, state=state, key=key)
+    if sabotage is not None and not calls[0]:
+        raise ValueError(f"gradcheck: sabotage={sabotage!r}: {model.name} never calls "
+                         f"jaxcnn.backward.{sabotage}, so sabotaging it would change nothing")
     loss_a, auto = jax.jit(partial(grads.autodiff_grad, model, train=train))(
         params, x, y, state=state, key=key)
-    tol_ad, tol_fd = TOLERANCES[dtype]
-    rel_fd: list[float | None] = [None] * len(jax.tree.leaves(params))
+    vs_fd: list[grads.LeafDiff | None] = [None] * len(jax.tree.leaves(params))
     if tol_fd is not None:
-        fd = grads.finite_difference_grad(model, params, x, y, max_per_leaf=fd_per_leaf,
-                                          seed=seed, **kw)
-        rel_fd = [r.max_rel for r in grads.compare(manual, fd)]
-    rows = [LeafCheck(r.path, r.shape, r.max_rel, rf, r.cosine,
-                      r.max_rel <= tol_ad and (rf is None or rf <= (tol_fd or 0.0)))
-            for r, rf in zip(grads.compare(manual, auto), rel_fd)]
-    header = (f"gradcheck {name}: {model.name}, {model.head.name}, "
-              f"{model.num_params(params):,} parameters\n"
+        fd, evaluated = grads.finite_difference_grad(model, params, x, y, max_per_leaf=fd_per_leaf,
+                                                     seed=seed, return_mask=True, **kw)
+        vs_fd = list(grads.compare(manual, fd, mask=evaluated))
+    rows = [_loss_row(float(loss_m), float(loss_a), tol_ad)]
+    for r, rf in zip(grads.compare(manual, auto), vs_fd):
+        finite = r.finite and (rf is None or rf.finite)
+        ok = r.within(tol_ad) and (rf is None or rf.within(tol_fd or 0.0))
+        rows.append(LeafCheck(r.path, r.shape, r.max_rel, None if rf is None else rf.max_rel,
+                              r.cosine, finite, ok))
+    hwc = "x".join(map(str, model.input_shape))
+    header = (f"gradcheck of {model.name} ({hwc} input, {model.head.name}, "
+              f"{model.num_params(params):,} parameters)\n"
               f"{dtype}, batch {batch}, seed {seed}, "
               f"{'train=True (fixed dropout key)' if train else 'train=False'}, "
               f"params = init + {jitter:g} N(0, 1)\n"
               f"loss: manual {float(loss_m):.12g}, autodiff {float(loss_a):.12g}")
+    if sabotage is not None:
+        header += (f"\nsabotage={sabotage!r}: jaxcnn.backward.{sabotage} returns its gradients "
+                   f"times 1 + {factor - 1:.0e}: this check must FAIL")
     return rows, header
 
 
+def _loss_row(manual: float, autodiff: float, tol: float) -> LeafCheck:
+    """The two losses: both finite and within `tol` of each other (relative)."""
+    finite = bool(np.isfinite(manual) and np.isfinite(autodiff))
+    rel = abs(manual - autodiff) / max(abs(autodiff), 1e-30) if finite else np.inf
+    return LeafCheck("loss", (), rel, None, None, finite, finite and rel <= tol)
+
+
+def _rel(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2e}" if np.isfinite(v) else "non-finite"
+
+
 def format_table(rows: list[LeafCheck], header: str, dtype: str, fd_per_leaf: int) -> str:
-    """The table, the tolerances and a PASS/FAIL line naming every failing leaf."""
+    """The table, the tolerances and a PASS/FAIL line naming every failing row.
+
+    Args:
+      rows, header: as `gradcheck` returns them; dtype, fd_per_leaf: the run's.
+
+    Returns:
+      The text; its last line starts with PASS only when there are rows and every one is ok.
+    """
     tol_ad, tol_fd = TOLERANCES[dtype]
     lines = [header, "", f"{'parameter':22} {'shape':>15} {'rel vs autodiff':>16} "
                          f"{'rel vs fin.diff':>16} {'cosine':>10}"]
     for r in rows:
-        fd = "-" if r.rel_fd is None else f"{r.rel_fd:.2e}"
-        lines.append(f"{r.path:22} {r.shape!s:>15} {r.rel_autodiff:16.2e} {fd:>16} "
-                     f"{r.cosine:10.7f}  {'ok' if r.ok else 'FAIL'}")
+        cosine = "-" if r.cosine is None else f"{r.cosine:10.7f}"
+        verdict = "ok" if r.ok else "FAIL" if r.finite else "FAIL (non-finite)"
+        lines.append(f"{r.path:22} {r.shape!s:>15} {_rel(r.rel_autodiff):>16} "
+                     f"{_rel(r.rel_fd):>16} {cosine:>10}  {verdict}")
     fd_tol = "no finite differences in float32" if tol_fd is None else \
         f"<= {tol_fd:.0e} vs finite differences ({fd_per_leaf} random coordinates per leaf)"
     lines += ["", "rel = max |manual - ref| / max |ref| over each leaf; tolerances:",
-              f"  <= {tol_ad:.0e} vs autodiff (jax.grad), {fd_tol}"]
+              f"  <= {tol_ad:.0e} vs autodiff (jax.grad), {fd_tol};",
+              "  any NaN or infinite value (loss, manual, autodiff, finite differences) fails"]
     bad = [r.path for r in rows if not r.ok]
-    lines.append(f"FAIL: {len(bad)} of {len(rows)} leaves out of tolerance: {', '.join(bad)}"
-                 if bad else f"PASS: all {len(rows)} parameter leaves within tolerance")
+    if bad or not rows:
+        lines.append(f"FAIL: {len(bad)} of {len(rows)} checks out of tolerance: "
+                     f"{', '.join(bad)}" if rows else "FAIL: nothing was checked")
+    else:
+        lines.append(f"PASS: the loss and all {len(rows) - 1} parameter leaves within tolerance")
     return "\n".join(lines)
-
-
