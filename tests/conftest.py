@@ -8,12 +8,18 @@ float64 results stay the same without these flags.
 import os
 from importlib.metadata import version
 
-# The flags exist in the jaxlib this project pins (0.10.x). jaxlib 0.11 dropped
-# --xla_cpu_use_fusion_emitters and aborts the process on an unknown flag, so with any other
-# jaxlib the tests run under XLA's defaults (and test_xla_flags.py fails, to say so).
-FLAGS_JAXLIB = "0.10."
-FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-if version("jaxlib").startswith(FLAGS_JAXLIB):
+# The flags, per jaxlib minor release they were checked on (test_xla_flags.py: float64 results
+# unchanged). XLA aborts the process on an unknown flag, and jaxlib 0.11 dropped
+# --xla_cpu_use_fusion_emitters, so each release gets only the flags it has; a release not listed
+# runs the tests under XLA's defaults (and test_xla_flags.py fails, to say so).
+FLAGS_BY_JAXLIB = {
+    "0.10.": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
+    "0.11.": "--xla_backend_optimization_level=0",
+    "0.12.": "--xla_backend_optimization_level=0",
+}
+FAST_XLA_FLAGS = next((f for v, f in FLAGS_BY_JAXLIB.items() if version("jaxlib").startswith(v)),
+                      None)
+if FAST_XLA_FLAGS:
     os.environ.setdefault("XLA_FLAGS", FAST_XLA_FLAGS)
 
 import jax  # noqa: E402

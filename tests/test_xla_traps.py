@@ -1,4 +1,6 @@
-"""XLA traps of the pinned jaxlib (0.10.x, CPU) that jaxcnn works around, checked in subprocesses.
+"""XLA traps that jaxcnn works around, checked in subprocesses on the running jaxlib (CPU).
+
+Measured present on jaxlib 0.10.2 (Python 3.11) and 0.12.0.1 (Python 3.12).
 
 1. `jax.grad` of `lax.conv_general_dilated` aborts the process (a CHECK failure in XLA's
    convolution operand swapper) when one axis has kernel 2, stride 2, dilation 1 and the other
