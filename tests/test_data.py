@@ -277,3 +277,20 @@ def test_load_specs():
     for bad in ("cifar", "mnist", "mnist:", "digits:x"):
         with pytest.raises(ValueError, match=r"unknown dataset spec.*'mnist:DIR', 'fashion:DIR'"):
             data.load(bad)
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def test_fingerprint_tells_datasets_apart():
+    a, b = data.synthetic_bars(seed=1), data.synthetic_bars(seed=1)
+    assert data.fingerprint(a) == data.fingerprint(b) and len(data.fingerprint(a)) == 64
+    assert data.fingerprint(data.synthetic_bars(seed=2)) != data.fingerprint(a)
+    assert data.fingerprint(data.synthetic_bars(seed=1, dtype=np.float64)) != data.fingerprint(a)
+    assert data.fingerprint(data.synthetic_bars(seed=1, noise=0.2)) != data.fingerprint(a)
+
+
+def test_read_idx_max_bytes(tmp_path):
+    p = write(tmp_path / "x.idx", idx_bytes(np.zeros((4, 4), np.uint8)))
+    assert data.read_idx(p, max_bytes=16).shape == (4, 4)
+    with pytest.raises(ValueError, match=names(p) + r".*declares shape \(4, 4\).*16 payload bytes"
+                       ".*max_bytes=15"):
+        data.read_idx(p, max_bytes=15)

@@ -206,6 +206,20 @@ def run(networks: tuple[tuple[str, int], ...] = NETWORKS, *, impls: tuple[str, .
     and the matmul peak all run their products at it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"--rounds must be >= 1; got {rounds!r}")
+    if not networks:
+        raise ValueError("--networks: give at least one NAME:BATCH pair")
+    for name, batch in networks:
+        if name not in models.MODELS or isinstance(batch, bool) or not isinstance(batch, int) \
+                or batch < 1:
+            raise ValueError(f"--networks: {name}:{batch} must be NAME:BATCH with NAME one of "
+                             f"{', '.join(models.MODELS)} and BATCH >= 1")
+    if not impls or not set(impls) <= set(models.IMPLS):
+        raise ValueError(f"--impl must list {', '.join(models.IMPLS)}; got {','.join(impls)!r}")
+    if against_torch:  # ImportError (how to install it) now, before any work
+        from jaxcnn.tools.bench_torch import _torch
+        _torch()
     with jax.default_matmul_precision(precision):
         result = {"machine": machine(), "precision": precision,
                   "matmul_peak_gflops": matmul_peak(precision=precision), "networks": []}
@@ -259,9 +273,18 @@ def _ratio(r: dict[str, float] | None) -> str:
     return "-" if r is None else f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
-def save(result: dict[str, Any], json_path: str, md_path: str | None = None) -> None:
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=1)
+def save(result: dict[str, Any], json_path: str | None = None,
+         md_path: str | None = None) -> None:
+    """Write the results as JSON to `json_path` and the tables to `md_path` (None: not that one).
+
+    Args:
+      result: what `run` returned.
+      json_path: where the JSON goes, or None.
+      md_path: where the markdown goes, or None.
+    """
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
     if md_path:
         with open(md_path, "w") as f:
             f.write(to_markdown(result) + "\n")

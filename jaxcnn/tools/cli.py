@@ -8,21 +8,27 @@
 To add a subcommand, write `_<name>_args(parser)` (its options) and `_<name>(args) -> int` (a thin
 call into the library returning the exit status) and `register` them at the bottom of this file.
 Exit status: 0 on success, 1 when a check fails or training stops (divergence), 2 on bad input
-(one line on stderr).
+(one line on stderr, naming the argument, path or file; argparse's usage errors included), 130 on
+Ctrl-C (the shell's 128 + SIGINT; `jaxcnn train` says after which step and from which checkpoint
+`--resume` continues). A closed stdout (`jaxcnn train | head -1`) does not stop a command: the
+rest of its output is dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, NoReturn
 
 from jaxcnn.nn import grads, models
-from jaxcnn.tools import bench, gradcheck, walkthrough
+from jaxcnn.tools import bench, bench_torch, gradcheck, walkthrough
 from jaxcnn.training import optim
 from jaxcnn.training import run as trainer
 
@@ -42,17 +48,42 @@ def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPar
     COMMANDS[name] = Command(help, add_arguments, run)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, except None and False (the help says what they do)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The `jaxcnn` parser with one subparser per registered command."""
+    parser = _Parser(
         prog="jaxcnn", description="CNNs whose every gradient is written by hand in JAX.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
-        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help,
+                                         formatter_class=_HelpFormatter))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line `argv` (default: sys.argv[1:]) and return the exit status."""
+    """Run the command line `argv` (default: sys.argv[1:]).
+
+    Args:
+      argv: the arguments after `jaxcnn`.
+
+    Returns:
+      the exit status (see the module docstring).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -60,26 +91,102 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
         return COMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        print(f"jaxcnn {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `jaxcnn ... | head`: stop quietly, the reader has gone
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_to_devnull()
         return 0
     except (ValueError, OSError) as e:
         print(f"jaxcnn {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    finally:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Point file descriptor 1 at /dev/null, so that nothing more (the interpreter's last flush
+    included) fails on a pipe whose reader has gone."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no real fd (a test's)
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def _say() -> Callable[[str], None]:
+    """print, flushed line by line; once the reader of stdout has gone, silent."""
+    gone = False
+
+    def say(line: str) -> None:
+        nonlocal gone
+        if gone:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            gone = True
+            _stdout_to_devnull()
+
+    return say
+
+
+# ----------------------------------------------------------------------------- argument types
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an int in low..high (high None: no upper bound)."""
+    want = f"an int in {low}..{high}" if high is not None else f"an int >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}; got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {want}; got {text}")
+        return value
+
+    parse.__name__ = want
+    return parse
+
+
+SEED = _int_in(0, trainer.MAX_SEED)  # NumPy's and scikit-learn's seeds end at 2**32 - 1
+POSITIVE = _int_in(1)
+
+
+def _finite_non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text!r}")
+    return value
+
+
+def _check_parent(flag: str, path: str | None) -> None:
+    """Refuse an output path whose directory does not exist, before any work is done."""
+    if path:
+        parent = Path(path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ValueError(f"{flag} {path}: no such directory {parent}")
 
 
 # ----------------------------------------------------------------------------- walkthrough
 def _walkthrough_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0,
-                   help="PRNG seed of the parameters and of the default image (default 0)")
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="PRNG seed of the parameters and of the default image")
     p.add_argument("--label", type=float, default=1.0, metavar="{0,1}",
-                   help="the true label Y (default 1)")
+                   help="the true label Y")
     p.add_argument("--image", metavar="FILE.npy", help="a 6x6 (or 6x6x1) image to use instead")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the maps as heatmaps to a PNG")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
 
 
 def _walkthrough(args: argparse.Namespace) -> int:
+    _check_parent("--plot", args.plot)
     image = None if args.image is None else walkthrough.load_image(args.image)
     result = walkthrough.run(args.seed, args.label, image)
     if args.plot:
@@ -97,15 +204,16 @@ def _walkthrough(args: argparse.Namespace) -> int:
 def _gradcheck_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="NAME",
                    help=f"one of {', '.join(models.MODELS)}")
-    p.add_argument("--dtype", choices=tuple(gradcheck.TOLERANCES), default="float64")
-    p.add_argument("--batch", type=int, default=4, help="examples in the random batch (4)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed of params, batch, dropout")
+    p.add_argument("--dtype", choices=tuple(gradcheck.TOLERANCES), default="float64",
+                   help="float64 also checks against finite differences")
+    p.add_argument("--batch", type=POSITIVE, default=4, help="examples in the random batch")
+    p.add_argument("--seed", type=SEED, default=0, help="PRNG seed of params, batch, dropout")
     p.add_argument("--train", action="store_true",
                    help="training mode: batch-statistics BatchNorm, Dropout with a fixed key")
-    p.add_argument("--fd-per-leaf", type=int, default=8, metavar="K",
-                   help="finite-difference coordinates per leaf, drawn at random (8)")
-    p.add_argument("--jitter", type=float, default=0.05, metavar="S",
-                   help="check at init + S N(0, 1), off ReLU kinks (0.05; 0: at init)")
+    p.add_argument("--fd-per-leaf", type=POSITIVE, default=8, metavar="K",
+                   help="finite-difference coordinates per leaf, drawn at random")
+    p.add_argument("--jitter", type=_finite_non_negative, default=0.05, metavar="S",
+                   help="check at init + S N(0, 1), off ReLU kinks (0: at init)")
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
@@ -118,26 +226,34 @@ def _gradcheck(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = trainer.TrainConfig()
-    p.add_argument("--model", default=d.model, help=f"one of {', '.join(models.MODELS)} "
-                   f"(default {d.model})")
-    p.add_argument("--data", default=d.data, help="digits (bundled, default), synthetic (6x6 "
-                   "bars for the seed net), mnist:DIR or fashion:DIR (IDX files, raw or .gz)")
+    p.add_argument("--model", default=d.model, help=f"one of {', '.join(models.MODELS)}")
+    p.add_argument("--data", default=d.data, help="digits (bundled), synthetic (6x6 bars for "
+                   "the seed net), mnist:DIR or fashion:DIR (IDX files, raw or .gz)")
     p.add_argument("--grad", default=d.grad, choices=grads.GRADS,
-                   help="hand-written backward pass or jax.grad (default manual)")
+                   help="hand-written backward pass or jax.grad")
     p.add_argument("--impl", default="conv", choices=models.IMPLS,
-                   help="formulation of the model's convolutions, built in (default conv)")
-    p.add_argument("--optimizer", default=d.optimizer, choices=optim.OPTIMIZERS)
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    p.add_argument("--schedule", default=d.schedule, choices=optim.SCHEDULES)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+                   help="formulation of the model's convolutions, built in")
+    p.add_argument("--optimizer", default=d.optimizer, choices=optim.OPTIMIZERS, help="optimizer")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    p.add_argument("--schedule", default=d.schedule, choices=optim.SCHEDULES,
+                   help="learning-rate schedule over the whole run")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="passes over the training set (the one setting --resume may change)")
     p.add_argument("--clip", type=float, default=None, help="clip gradients to this global norm")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"))
+    p.add_argument("--seed", type=SEED, default=d.seed,
+                   help="PRNG seed of the parameters, the batch order and dropout")
+    p.add_argument("--dtype", default=d.dtype, choices=("float32", "float64"),
+                   help="dtype of the parameters and the data")
     p.add_argument("--devices", type=int, default=None,
-                   help="data-parallel over this many local devices (default: all)")
-    p.add_argument("--out", default="runs/train", help="output directory (default runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+                   help="data-parallel over this many local devices (default: all; config.json "
+                   "records the count used)")
+    p.add_argument("--out", default="runs/train", help="output directory")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT's last checkpoint (same settings, same data)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start over in an OUT that holds a run, deleting it")
     p.add_argument("--check-grads", action="store_true",
                    help="compare manual and autodiff gradients on the first batch first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -148,15 +264,19 @@ def _train(args: argparse.Namespace) -> int:
                                  for f in dataclasses.fields(trainer.TrainConfig)
                                  if hasattr(args, f.name)})
     model = models.get(cfg.model, impl=args.impl) if cfg.model in models.MODELS else None
+    say = _say()
     try:
         summary = trainer.fit(cfg, args.out, model=model, resume=args.resume,
-                              progress=not args.quiet)
+                              overwrite=args.overwrite, progress=not args.quiet, log=say)
     except trainer.TrainingStoppedError as e:
         print(f"jaxcnn train: stopped: {e}", file=sys.stderr)
         return 1
+    except trainer.Interrupted as e:
+        print(f"jaxcnn train: {e}", file=sys.stderr)
+        return 130
     if "test_accuracy" in summary:
-        print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['epoch']} epochs "
-              f"({summary['seconds']:.1f} s of training); results in {args.out}")
+        say(f"test accuracy {summary['test_accuracy']:.4f} after {summary['epoch']} epochs "
+            f"({summary['seconds']:.1f} s of training); results in {args.out}")
     return 0
 
 
@@ -164,16 +284,15 @@ def _train(args: argparse.Namespace) -> int:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--against", choices=("torch",), help="also time PyTorch eager on the CPU")
     p.add_argument("--impl", default="conv", help="comma-separated manual formulations to time "
-                   "(conv, gemm, auto; default conv)")
+                   "(conv, gemm, auto)")
     p.add_argument("--networks", default=",".join(f"{n}:{b}" for n, b in bench.NETWORKS),
                    help="comma-separated NAME:BATCH pairs")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    p.add_argument("--rounds", type=POSITIVE, default=7, help="interleaved rounds")
     p.add_argument("--precision", choices=tuple(bench.PRECISIONS), default="highest",
-                   help="precision of every product (default highest; 'default' is TF32 on "
-                   "recent NVIDIA GPUs)")
+                   help="precision of every product ('default' is TF32 on recent NVIDIA GPUs)")
     p.add_argument("--no-per-example", action="store_true", help="skip per-example gradients")
-    p.add_argument("--json", default="bench.json", help="where to write the JSON (bench.json)")
-    p.add_argument("--markdown", default="bench.md", help="where to write the table (bench.md)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table to PATH")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -187,10 +306,17 @@ def _bench(args: argparse.Namespace) -> int:
     impls = tuple(args.impl.split(","))
     if not set(impls) <= set(models.IMPLS):
         raise ValueError(f"--impl must list conv, gemm or auto; got {args.impl!r}")
-    result = bench.run(tuple(networks), impls=impls, against_torch=args.against == "torch",
-                       per_example=not args.no_per_example, rounds=args.rounds,
-                       precision=args.precision, log=lambda s: print(s, file=sys.stderr))
-    bench.save(result, args.json, args.markdown)
+    _check_parent("--json", args.json)
+    _check_parent("--markdown", args.markdown)
+    try:
+        result = bench.run(tuple(networks), impls=impls, against_torch=args.against == "torch",
+                           per_example=not args.no_per_example, rounds=args.rounds,
+                           precision=args.precision, log=lambda s: print(s, file=sys.stderr))
+    except ImportError as e:  # --against torch without torch: a setup problem, not a bug
+        if str(e) != bench_torch.TORCH_MISSING:
+            raise
+        raise ValueError(str(e)) from None
+    bench.save(result, args.json or None, args.markdown or None)
     print(bench.to_markdown(result))
     return 0
 

@@ -69,13 +69,33 @@ def check_image(image: Any) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """A 6x6 (or 6x6x1) image from a .npy file; OSError if unreadable, ValueError if malformed."""
+    """A 6x6 (or 6x6x1) image from a .npy file.
+
+    Args:
+      path: the .npy file.
+
+    Returns:
+      the image as a float64 (6, 6) array.
+
+    Raises:
+      OSError (naming the path) if it cannot be opened; ValueError naming the path if it is
+      empty, not a .npy file, truncated or damaged, or not a 6x6 array of finite numbers.
+    """
+    with open(path, "rb") as f:  # FileNotFoundError, IsADirectoryError: they name the path
+        magic = f.read(6)
+    if not magic:
+        raise ValueError(f"cannot read {path}: the file is empty (0 bytes); expected a .npy file "
+                         "holding one 6x6 array")
+    if magic.startswith(b"PK"):
+        raise ValueError(f"{path} holds several arrays (.npz); give one 6x6 array in a .npy")
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"cannot read {path}: not a NumPy .npy file (it does not start with "
+                         "the .npy magic bytes)")
     try:
         a = np.load(path, allow_pickle=False)
-    except ValueError:  # not a .npy file, or one holding Python objects
-        raise ValueError(f"cannot read {path}: not a NumPy .npy file of numbers") from None
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{path} holds several arrays (.npz); give one 6x6 array in a .npy")
+    except (EOFError, ValueError) as e:  # a cut header or payload, or Python objects inside
+        raise ValueError(f"cannot read {path}: a truncated or damaged .npy file, or one holding "
+                         f"Python objects ({e})") from None
     return check_image(a)
 
 

@@ -12,7 +12,9 @@ has on disk, and a synthetic bar-orientation task sized for the 6x6 seed network
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +24,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "Dataset", "batches", "load", "load_digits", "load_idx_dir", "num_batches", "read_idx",
-    "synthetic_bars",
+    "Dataset", "batches", "fingerprint", "load", "load_digits", "load_idx_dir", "num_batches",
+    "read_idx", "synthetic_bars",
 ]
 
 SPEC_FORMS = "'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR'"
+MAX_SEED = 2 ** 32 - 1  # scikit-learn's random_state and NumPy's legacy seeds stop here
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -117,6 +120,9 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, dtype: Any = np.float
     from sklearn.model_selection import train_test_split
 
     dt = _float_dtype(dtype)
+    seed = _check_int("seed", seed, 0)
+    if seed > MAX_SEED:
+        raise ValueError(f"seed must be an int in 0..{MAX_SEED}; got {seed}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
     x, y = _sk_load_digits(return_X_y=True)
@@ -135,48 +141,96 @@ IDX_TYPES: dict[int, np.dtype] = {
 _TYPE_NAMES = "0x08 uint8, 0x09 int8, 0x0b int16, 0x0c int32, 0x0d float32, 0x0e float64"
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+MAX_IDX_BYTES = 1 << 32  # 4 GiB: MNIST's largest file holds 47 MB
+
+
+def read_idx(path: str | Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read one IDX file (raw, or gzip detected by its magic bytes 1f 8b, not by the name).
 
     Header: two zero bytes, a type byte, a dimension count D, then D big-endian uint32 sizes; the
-    payload must be exactly prod(sizes) * itemsize bytes. Returns an array of that shape in the
-    native-endian version of the file's dtype (uint8, int8, int16, int32, float32, float64).
-    Raises `ValueError` naming `path` for anything malformed, `FileNotFoundError` if it is absent.
+    payload must be exactly prod(sizes) * itemsize bytes. The file is streamed: the header is read
+    first, then at most the declared payload and one byte more (to detect trailing data), so a
+    gzip file that inflates to far more than its header declares is never inflated in full.
+
+    Args:
+      path: the file.
+      max_bytes: the largest payload the header may declare (default 4 GiB).
+
+    Returns:
+      An array of the declared shape in the native-endian version of the file's dtype (uint8,
+      int8, int16, int32, float32, float64).
+
+    Raises:
+      ValueError naming `path` for anything malformed; FileNotFoundError if it is absent.
     """
     path = Path(path)
-    raw = path.read_bytes()
-    gz = raw[:2] == b"\x1f\x8b"
-    if gz:
+    with open(path, "rb") as raw_file:
+        gz = raw_file.read(2) == b"\x1f\x8b"
+        raw_file.seek(0)
+        size = os.fstat(raw_file.fileno()).st_size
+        if not gz:
+            return _read_idx_stream(path, raw_file, "file", size, max_bytes)
         try:
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=raw_file, mode="rb") as f:
+                return _read_idx_stream(path, f, "gunzipped content", None, max_bytes)
         except (EOFError, OSError, zlib.error) as e:
             raise ValueError(f"{path}: corrupt or truncated gzip file ({e}); expected a complete "
-                             "gzip stream holding an IDX file") from e
-    what = "gunzipped content" if gz else "file"
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+                             "gzip stream holding an IDX file") from None
+
+
+def _read_exactly(f: Any, n: int) -> bytes:
+    """Up to n bytes from f, fewer only at the end of the stream; read in 16 MiB pieces, so that
+    memory grows with what the stream holds, not with what a header claims."""
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(left, 1 << 24))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_idx_stream(path: Path, f: Any, what: str, size: int | None,
+                     max_bytes: int) -> np.ndarray:
+    """The IDX array in the stream f; `size` is the file's length when known (raw files)."""
+    head = _read_exactly(f, 4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        more = f.read(1)
+        of = f" of {size} bytes" if size is not None else ""
         raise ValueError(
-            f"{path}: not an IDX file (magic 0x{raw[:4].hex()}{'…' if len(raw) > 4 else ''} in "
-            f"{what} of {len(raw)} bytes); expected two zero bytes, a type byte and a dimension "
-            "count")
-    type_byte, ndim = raw[2], raw[3]
+            f"{path}: not an IDX file (magic 0x{head.hex()}{'…' if more else ''} in {what}{of}); "
+            "expected two zero bytes, a type byte and a dimension count")
+    type_byte, ndim = head[2], head[3]
     if type_byte not in IDX_TYPES:
         raise ValueError(f"{path}: unknown IDX type byte 0x{type_byte:02x}; expected one of "
                          f"{_TYPE_NAMES}")
     if ndim == 0:
         raise ValueError(f"{path}: IDX dimension count is 0; expected at least 1")
     header = 4 + 4 * ndim
-    if len(raw) < header:
+    dims = _read_exactly(f, 4 * ndim)
+    if len(dims) < 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header: {ndim} dimensions need {header} header "
-                         f"bytes, the {what} has {len(raw)}")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+                         f"bytes, the {what} has {4 + len(dims)}")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
     dt = IDX_TYPES[type_byte]
     expected = math.prod(shape) * dt.itemsize
-    actual = len(raw) - header
-    if actual != expected:
+    if expected > max_bytes:
+        raise ValueError(f"{path}: the IDX header declares shape {shape} of {dt.name}, "
+                         f"{expected} payload bytes, more than max_bytes={max_bytes}; a damaged "
+                         "or hostile file?")
+    if size is not None and size - header != expected:  # raw: the length says it all, unread
+        actual = size - header
         problem = "truncated IDX data" if actual < expected else "trailing bytes after IDX data"
         raise ValueError(f"{path}: {problem}: expected {expected} payload bytes for shape {shape} "
                          f"of {dt.name}, got {actual}")
-    flat = np.frombuffer(raw, dt, math.prod(shape), header)
+    payload = _read_exactly(f, expected + 1)
+    if len(payload) != expected:
+        problem, got = (("truncated IDX data", str(len(payload))) if len(payload) < expected
+                        else ("trailing bytes after IDX data", f"more than {expected}"))
+        raise ValueError(f"{path}: {problem}: expected {expected} payload bytes for shape {shape} "
+                         f"of {dt.name} in the {what}, got {got}")
+    flat = np.frombuffer(payload, dt, math.prod(shape))
     return flat.reshape(shape).astype(dt.newbyteorder("="))  # native-endian, writable copy
 
 
@@ -227,6 +281,8 @@ def load_idx_dir(directory: str | Path, name: str = "mnist", seed: int = 0,
         if labels.ndim != 1 or labels.dtype != np.uint8:
             raise ValueError(f"{lp}: labels must be 1-D uint8 (N,); got "
                              f"{labels.ndim}-D {labels.dtype} {labels.shape}")
+        if len(images) == 0:
+            raise ValueError(f"{ip}: holds 0 images; the {split} split must not be empty")
         if len(images) != len(labels):
             raise ValueError(f"image and label counts differ: {ip} has {len(images)} images, "
                              f"{lp} has {len(labels)} labels; expected equal counts")
@@ -312,9 +368,30 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: 
     return gen()
 
 
+# ----------------------------------------------------------------------------- identity
+def fingerprint(ds: Dataset) -> str:
+    """sha256 over the name, the class count and the four arrays (dtype, shape and bytes) of a
+    dataset: equal fingerprints mean the same images and labels, in the same order.
+
+    Args:
+      ds: the dataset.
+
+    Returns:
+      the hex digest.
+    """
+    h = hashlib.sha256(f"{ds.name}:{ds.num_classes}\n".encode())
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        a = np.ascontiguousarray(getattr(ds, key))
+        h.update(f"{key}:{a.dtype.str}:{a.shape}\n".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
 # ----------------------------------------------------------------------------- CLI
 def load(spec: str, seed: int = 0, dtype: Any = np.float32) -> Dataset:
     """Dataset from its CLI form: 'digits', 'synthetic', 'mnist:DIR' or 'fashion:DIR'."""
+    if not isinstance(spec, str):
+        raise TypeError(f"the dataset spec must be a str, one of {SPEC_FORMS}; got {spec!r}")
     kind, sep, arg = spec.partition(":")
     if kind == "digits" and not sep:
         return load_digits(seed=seed, dtype=dtype)

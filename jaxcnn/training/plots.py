@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxcnn.training import rundir
+
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """metrics.jsonl -> (step records, epoch records)."""
-    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    """metrics.jsonl -> (step records, epoch records).
+
+    Args:
+      path: the file.
+
+    Returns:
+      (step records, epoch records), in file order.
+
+    Raises:
+      ValueError naming the file and the line of a line that is not a metrics record.
+    """
+    records = [record for _, record in rundir.read_metrics(Path(path))[0]]
     return ([r for r in records if r["kind"] == "step"],
             [r for r in records if r["kind"] == "epoch"])
 

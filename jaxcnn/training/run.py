@@ -1,22 +1,25 @@
 """The training run behind `jaxcnn train`: data, epochs, metrics, checkpoints, resume, plots.
 
-A run writes into its output directory:
-    config.json      the TrainConfig
+A run writes into its output directory (see `jaxcnn.training.rundir`, which also holds its lock):
+    config.json      the TrainConfig, with the device count it resolved to
     metrics.jsonl    one JSON record per logged step ("kind": "step") and per epoch ("epoch")
-    checkpoint.npz   params, state and optimizer state after the last finished epoch (atomic)
-    curves.png, filters.png, grad_norms.png   (jaxcnn.plots)
+    checkpoint.npz   params, state and optimizer state after the last finished epoch (atomic),
+                     with the configuration and a fingerprint of the data in its meta
+    curves.png, filters.png, grad_norms.png   (jaxcnn.training.plots)
 
 Everything random derives from `seed`: the initial parameters, the order of every epoch's batches
 (`data.batches(seed=seed, epoch=e)`) and every step's dropout key (`fold_in(key, step)`). So
 `resume=True` continues from the last checkpoint and ends with exactly the parameters of a run
-that was never interrupted.
+that was never interrupted; it refuses a checkpoint written under other settings (only `epochs`
+may change) or on other data. A fresh run refuses a directory that holds a run unless
+`overwrite=True`. Ctrl-C raises `Interrupted`, which says where the run can be resumed from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +31,37 @@ import numpy as np
 
 from jaxcnn.nn import grads, models
 from jaxcnn.nn.network import Network
-from jaxcnn.training import checkpoint, data, optim, parallel, plots, steps
+from jaxcnn.training import checkpoint, data, optim, parallel, plots, rundir, steps
 
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = rundir.CHECKPOINT
+MAX_SEED = data.MAX_SEED
 
 
 class TrainingStoppedError(RuntimeError):
     """The run stopped for a reason the user must see (divergence, a failed gradient check)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: `step` steps were done; `checkpoint_epoch` (None: no checkpoint yet)
+    is where `resume=True` continues from."""
+
+    def __init__(self, step: int, checkpoint_epoch: int | None, path: Path):
+        super().__init__(step, checkpoint_epoch, path)
+        self.step, self.checkpoint_epoch, self.path = step, checkpoint_epoch, path
+
+    def __str__(self) -> str:
+        if self.checkpoint_epoch is None:
+            return (f"interrupted after step {self.step}; no checkpoint was written yet; "
+                    "--resume starts the run again")
+        return (f"interrupted after step {self.step}; the last checkpoint is epoch "
+                f"{self.checkpoint_epoch} ({self.path}); --resume continues")
+
+
+_NUMBER, _NONE = (int, float), type(None)
+_TYPES = {"model": str, "data": str, "grad": str, "optimizer": str, "lr": _NUMBER,
+          "schedule": str, "batch_size": int, "epochs": int, "clip": (*_NUMBER, _NONE),
+          "seed": int, "dtype": str, "check_grads": bool, "devices": (int, _NONE),
+          "log_every": int}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,40 +78,83 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     check_grads: bool = False
-    devices: int | None = None
+    devices: int | None = None  # None: all local devices (a run records the count it used)
     log_every: int = 10
 
     def validate(self) -> None:
-        """Raise ValueError with a one-line message for any bad setting."""
+        """Raise TypeError / ValueError with a one-line message naming any bad setting."""
+        for name, kind in _TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                kinds = kind if isinstance(kind, tuple) else (kind,)
+                what = f"an int in 0..{MAX_SEED}" if name == "seed" else \
+                    " or ".join(k.__name__ for k in kinds)
+                raise TypeError(f"--{name.replace('_', '-')} must be {what}; got {value!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an int in 0..{MAX_SEED}; got {self.seed}")
         if self.model not in models.MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of "
                              f"{', '.join(models.MODELS)}")
         if self.grad not in grads.GRADS:
             raise ValueError(f"--grad must be one of {', '.join(grads.GRADS)}; got {self.grad!r}")
-        if self.devices is not None and self.devices < 1:
-            raise ValueError(f"--devices must be >= 1; got {self.devices}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"--dtype must be float32 or float64; got {self.dtype!r}")
-        for name in ("batch_size", "epochs", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1; "
-                                 f"got {getattr(self, name)}")
+        for name in ("batch_size", "epochs", "log_every", "devices"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
+        if not math.isfinite(self.lr):
+            raise ValueError(f"--lr must be a finite number > 0; got {self.lr}")
         self.optimizer_for(1)  # checks the optimizer, lr, schedule and clip
 
     def optimizer_for(self, steps_per_epoch: int) -> Any:
+        """The optax optimizer of this configuration for `steps_per_epoch` steps an epoch."""
         return optim.make_optimizer(self.optimizer, self.lr, clip=self.clip,
                                     schedule=self.schedule,
                                     total_steps=steps_per_epoch * self.epochs)
 
 
-def _setup(cfg: TrainConfig, model: Network | None) -> tuple[Network, data.Dataset, Any]:
-    """Check the configuration against the model, the data and the devices; returns the model,
-    the data and the device mesh (None on one device)."""
-    cfg.validate()
+@dataclasses.dataclass
+class _Run:
+    """One run's fixed parts and its moving state (params, state, opt_state, epoch, step)."""
+
+    cfg: TrainConfig
+    model: Network
+    ds: data.Dataset
+    mesh: Any
+    data_sha256: str
+    out: Path
+    log: Callable[[str], None]
+    params: Any = None
+    state: Any = None
+    opt_state: Any = None
+    start_epoch: int = 0
+    step: int = 0
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
+    def n_batches(self) -> int:
+        return data.num_batches(len(self.ds.x_train), self.cfg.batch_size)
+
+    @property
+    def key(self) -> Any:
+        return jax.random.key(self.cfg.seed)
+
+
+def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Network, data.Dataset,
+                                                             Any]:
+    """Check the configuration against the model, the data and the devices; returns the config
+    with its device count resolved, the model, the data and the mesh (None on one device)."""
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     model = models.get(cfg.model) if model is None else model
     ds = data.load(cfg.data, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
+    if len(ds.x_test) == 0:
+        raise ValueError(f"--data {cfg.data}: the test split is empty; every epoch ends with an "
+                         "evaluation on it")
     if ds.image_shape != model.input_shape:
         raise ValueError(f"model {cfg.model!r} takes images of shape {model.input_shape} but "
                          f"--data {cfg.data} has images of shape {ds.image_shape}")
@@ -94,19 +164,27 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[Network, data.Datas
     if cfg.batch_size > len(ds.x_train):
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the "
                          f"{len(ds.x_train)} training images")
-    devices = cfg.devices or len(jax.local_devices())
-    mesh = parallel.make_mesh(devices) if devices > 1 else None
+    local = jax.local_devices()
+    devices = cfg.devices or len(local)
+    if devices > len(local):
+        raise ValueError(f"--devices {devices}: only {len(local)} local "
+                         f"{local[0].platform.upper()} device(s) exist")
     if cfg.batch_size % devices:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {devices} "
                          f"devices it is split over (--devices); use a multiple of {devices}")
-    return model, ds, mesh
+    mesh = parallel.make_mesh(devices) if devices > 1 else None
+    return dataclasses.replace(cfg, devices=devices), model, ds, mesh
 
 
 def check_gradients(model: Network, params: Any, state: Any, x: Any, y: Any, key: Any,
                     dtype: str) -> float:
     """Manual vs autodiff on one batch (training mode, same dropout key); raises
     TrainingStoppedError beyond tolerance (float64 1e-9, float32 1e-4, relative to each leaf's
-    largest entry)."""
+    largest entry).
+
+    Returns:
+      the largest relative difference over the leaves.
+    """
     kw = dict(state=state, train=True, key=key)
     _, g_manual = jax.jit(lambda p: grads.manual_grad(model, p, x, y, **kw))(params)
     _, g_auto = jax.jit(lambda p: grads.autodiff_grad(model, p, x, y, **kw))(params)
@@ -124,9 +202,9 @@ def _diagnose(model: Network, m: dict, params: Any, state: Any, x: Any) -> str:
     """Which layer broke: the first non-finite gradient in backprop order (from the loss towards
     the input), else the first layer whose output overflows, else whose parameters did.
 
-    params and state are the ones that produced the failing step (a non-finite step keeps
-    them). The forward runs with XLA's convolutions (`impl="conv"`): the products of
-    `impl="auto"` may spread one channel's inf to its neighbours as NaN."""
+    params and state are the ones the failing step returned, which are the ones that produced
+    it (a non-finite step keeps them). The forward runs with XLA's convolutions (`impl="conv"`):
+    the products of `impl="auto"` may spread one channel's inf to its neighbours as NaN."""
     norms = m["layer_grad_norms"]
     for layer in reversed(model.layers):
         if layer.name in norms and not math.isfinite(float(norms[layer.name])):
@@ -144,118 +222,200 @@ def _diagnose(model: Network, m: dict, params: Any, state: Any, x: Any) -> str:
 
 
 def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
-        resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
-        stop_after_steps: int | None = None) -> dict:
-    """Train per `cfg`, writing into `out`; returns a summary (final test accuracy, times).
+        resume: bool = False, overwrite: bool = False, progress: bool = True,
+        log: Callable[[str], None] = print, stop_after_steps: int | None = None) -> dict:
+    """Train per `cfg`, writing into `out`.
 
-    model: the network to train (default `models.get(cfg.model)`), for instance one built with
-    another `impl`. `stop_after_steps` ends the run early, as a crash would, after that many
-    steps (for tests).
+    Args:
+      cfg: the configuration (`TrainConfig.validate` is called first).
+      out: the run directory; created if absent, locked (`rundir.locked`) while the run lasts.
+      model: the network to train (default `models.get(cfg.model)`), for instance one built with
+        another `impl`.
+      resume: continue from `out`'s checkpoint (logging "no checkpoint in OUT; starting from
+        scratch" where there is none); refused if it was written under other settings (only
+        `epochs` may change) or on other data.
+      overwrite: start over in a directory that holds a run, deleting it (else refused).
+      progress: a tqdm bar per epoch, only where stderr is a terminal.
+      log: where the run's lines go (a closed pipe there does not stop the run).
+      stop_after_steps: end the run early, as a crash would, after that many steps (for tests).
+
+    Returns:
+      The last epoch's record (epoch, step, train/test loss and accuracy, seconds) with the final
+      "params" and "state"; {"stopped_at_step": n} if `stop_after_steps` ended it.
+
+    Raises:
+      ValueError / TypeError for bad settings or a directory that cannot be used;
+      TrainingStoppedError on divergence or a failed --check-grads; Interrupted on Ctrl-C.
     """
-    model, ds, mesh = _setup(cfg, model)
-    out = Path(out)
+    cfg.validate()
+    out, log = Path(out), _safe(log)
+    cfg, model, ds, mesh = _setup(cfg, model)  # bad settings first, whatever `out` holds
+    rundir.check_start(out, resume=resume, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    key = jax.random.key(cfg.seed)
-    n_batches = data.num_batches(len(ds.x_train), cfg.batch_size)
-    optimizer = cfg.optimizer_for(n_batches)
-    params = model.init(jax.random.fold_in(key, 0), jnp.dtype(cfg.dtype))
-    state = model.init_state(jnp.dtype(cfg.dtype))
-    opt_state = optimizer.init(params)
-    start_epoch, step = 0, 0
-    ckpt = out / CHECKPOINT
-    if resume and ckpt.exists():
-        saved = json.loads((out / "config.json").read_text())
-        if {**saved, "epochs": cfg.epochs} != dataclasses.asdict(cfg):
-            raise ValueError(f"{out}: --resume needs the run's own settings (only --epochs may "
-                             f"change); it was started with {saved}")
-        (params, state, opt_state), meta = checkpoint.load(ckpt, (params, state, opt_state))
-        start_epoch, step = meta["epoch"], meta["step"]
-        _truncate_metrics(out / "metrics.jsonl", start_epoch)
-        log(f"resuming {out} after epoch {start_epoch} (step {step})")
-    else:
-        (out / "metrics.jsonl").write_text("")
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-
-    dropout_key = jax.random.fold_in(key, 1)
-    if cfg.check_grads and start_epoch < cfg.epochs:
-        xb, yb = next(data.batches(ds.x_train, ds.y_train, cfg.batch_size, seed=cfg.seed,
-                                   epoch=start_epoch))
-        worst = check_gradients(model, params, state, xb, yb,
-                                jax.random.fold_in(dropout_key, step), cfg.dtype)
-        log(f"--check-grads: manual == autodiff on the first batch (max rel diff {worst:.1e})")
-
-    if mesh is not None:  # data parallel: the same step over a mesh, params replicated
-        step_fn = parallel.make_parallel_train_step(model, optimizer, mesh, cfg.grad)
-        params, state, opt_state = parallel.replicate((params, state, opt_state), mesh)
-        log(f"data parallel over {mesh.size} devices")
-    else:
-        step_fn = steps.make_train_step(model, optimizer, cfg.grad)
-    eval_step = steps.make_eval_step(model)
-    started, summary = time.perf_counter(), {}
-    with open(out / "metrics.jsonl", "a") as metrics_file:
-        for epoch in range(start_epoch, cfg.epochs):
-            sums = {"loss": 0.0, "accuracy": 0.0}
-            bar = _progress(progress, n_batches, f"epoch {epoch + 1}/{cfg.epochs}")
-            for i, (xb, yb) in enumerate(data.batches(ds.x_train, ds.y_train, cfg.batch_size,
-                                                      seed=cfg.seed, epoch=epoch)):
-                params, state, opt_state, m = step_fn(params, state, opt_state, (xb, yb),
-                                                      jax.random.fold_in(dropout_key, step))
-                step += 1
-                host = jax.device_get(m)  # one transfer for every metric of the step
-                loss = float(host["loss"])
-                if not (math.isfinite(loss) and math.isfinite(float(host["grad_norm"]))):
-                    bar.close()
-                    kept = (f"the last good checkpoint is {ckpt} (epoch {epoch})" if epoch
-                            else "no checkpoint was written yet")
-                    raise TrainingStoppedError(
-                        f"step {step} (epoch {epoch + 1}): the loss is {loss}; "
-                        f"{_diagnose(model, m, params, state, xb)}; {kept}. Lower --lr or set "
-                        f"--clip")
-                sums["loss"] += loss
-                sums["accuracy"] += float(host["accuracy"])
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
-                                acc=f"{sums['accuracy'] / (i + 1):.3f}")
-                if step % cfg.log_every == 0:
-                    _write(metrics_file, {"kind": "step", "step": step, "epoch": epoch + 1,
-                                          "loss": loss, "grad_norm": float(host["grad_norm"]),
-                                          "layer_grad_norms": {k: float(v) for k, v in
-                                                               host["layer_grad_norms"].items()}})
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    bar.close()
-                    return {"stopped_at_step": step}
-            bar.close()
-            test = steps.evaluate(model, params, state, ds.x_test, ds.y_test,
-                                  eval_step=eval_step)
-            summary = {"kind": "epoch", "epoch": epoch + 1, "step": step,
-                       "train_loss": sums["loss"] / n_batches,
-                       "train_accuracy": sums["accuracy"] / n_batches,
-                       "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-                       "seconds": time.perf_counter() - started}
-            _write(metrics_file, summary)
-            checkpoint.save(ckpt, (params, state, opt_state),
-                            {"epoch": epoch + 1, "step": step, "config": dataclasses.asdict(cfg)})
-            log(f"epoch {epoch + 1}: train loss {summary['train_loss']:.4f}, test loss "
-                f"{test['loss']:.4f}, test accuracy {test['accuracy']:.4f}")
-    first_conv = next((params[layer.name]["w"] for layer in model.layers
-                       if layer.name in params and params[layer.name]["w"].ndim == 4), None)
-    for path in plots.plot_run(out, first_conv):
-        log(f"wrote {path}")
-    return {**summary, "params": params, "state": state}
+    with rundir.locked(out):
+        run = _Run(cfg, model, ds, mesh, data.fingerprint(ds), out, log)
+        try:
+            _start(run, resume=resume, overwrite=overwrite)
+            return _train(run, progress, stop_after_steps)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            meta = checkpoint.read_meta(run.ckpt)
+            raise Interrupted(run.step, meta and meta.get("epoch"), run.ckpt) from None
 
 
-def _write(f: Any, record: dict) -> None:
-    f.write(json.dumps(record) + "\n")
-    f.flush()
+def _safe(log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log`, silenced for good once its reader has gone (BrokenPipeError): the run's results
+    are its files, so a closed stdout (`jaxcnn train | head -1`) must not end it."""
+    gone = False
+
+    def safe(line: str) -> None:
+        nonlocal gone
+        if not gone:
+            try:
+                log(line)
+            except BrokenPipeError:
+                gone = True
+
+    return safe
 
 
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop records of epochs after `epoch`: a crashed run may have logged part of one."""
-    if not path.exists():
+def _start(run: _Run, *, resume: bool, overwrite: bool) -> None:
+    """Fresh params, then the checkpoint's (resume), or a fresh directory."""
+    rundir.check_start(run.out, resume=resume, overwrite=overwrite)  # again, under the lock
+    rundir.remove_temps(run.out)
+    dt = jnp.dtype(run.cfg.dtype)
+    run.params = run.model.init(jax.random.fold_in(run.key, 0), dt)
+    run.state = run.model.init_state(dt)
+    run.opt_state = run.cfg.optimizer_for(run.n_batches).init(run.params)
+    if resume and run.ckpt.exists():
+        _restore(run)
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line and json.loads(line)["epoch"] <= epoch]
-    path.write_text("".join(line + "\n" for line in keep))
+    if resume:
+        run.log(f"no checkpoint in {run.out}; starting from scratch")
+    rundir.start_fresh(run.out, dataclasses.asdict(run.cfg))
+
+
+def _restore(run: _Run) -> None:
+    """Load the checkpoint after checking every file it is resumed with; nothing is written
+    before all checks pass."""
+    config = dataclasses.asdict(run.cfg)
+    meta = checkpoint.load_meta(run.ckpt)
+    epoch, step = rundir.check_resumable(run.ckpt, meta, config, run.data_sha256, run.cfg.data)
+    template = (run.params, run.state, run.opt_state)
+    (run.params, run.state, run.opt_state), _ = checkpoint.load(run.ckpt, template)
+    rundir.continue_after(run.out, epoch, config, run.log)
+    run.start_epoch, run.step = epoch, step
+    run.log(f"resuming {run.out} after epoch {epoch} (step {step})")
+
+
+def _train(run: _Run, progress: bool, stop_after_steps: int | None) -> dict:
+    """Every remaining epoch, then the plots."""
+    cfg = run.cfg
+    if cfg.check_grads and run.start_epoch < cfg.epochs:
+        _check_first_batch(run)
+    step_fn = _make_step(run)
+    eval_step = steps.make_eval_step(run.model)
+    started, summary = time.perf_counter(), {}
+    with rundir.MetricsLog(run.out / rundir.METRICS) as metrics:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            sums = _one_epoch(run, epoch, step_fn, metrics, progress, stop_after_steps)
+            if sums is None:
+                return {"stopped_at_step": run.step}
+            summary = _end_epoch(run, epoch, sums, eval_step, metrics, started)
+    if not summary:
+        run.log(f"{run.out}: all {cfg.epochs} epochs were already done")
+    _plots(run)
+    return {**summary, "params": run.params, "state": run.state}
+
+
+def _check_first_batch(run: _Run) -> None:
+    cfg = run.cfg
+    xb, yb = next(data.batches(run.ds.x_train, run.ds.y_train, cfg.batch_size, seed=cfg.seed,
+                               epoch=run.start_epoch))
+    key = jax.random.fold_in(jax.random.fold_in(run.key, 1), run.step)
+    worst = check_gradients(run.model, run.params, run.state, xb, yb, key, cfg.dtype)
+    run.log(f"--check-grads: manual == autodiff on the first batch (max rel diff {worst:.1e})")
+
+
+def _make_step(run: _Run) -> Callable:
+    """The jitted train step; over a mesh (params replicated) with several devices."""
+    optimizer = run.cfg.optimizer_for(run.n_batches)
+    if run.mesh is None:
+        return steps.make_train_step(run.model, optimizer, run.cfg.grad)
+    step_fn = parallel.make_parallel_train_step(run.model, optimizer, run.mesh, run.cfg.grad)
+    run.params, run.state, run.opt_state = parallel.replicate(
+        (run.params, run.state, run.opt_state), run.mesh)
+    run.log(f"data parallel over {run.mesh.size} devices")
+    return step_fn
+
+
+def _one_epoch(run: _Run, epoch: int, step_fn: Callable, metrics: rundir.MetricsLog,
+               progress: bool, stop_after_steps: int | None) -> dict | None:
+    """The steps of one epoch; returns the summed loss and accuracy, or None if stopped early.
+    Raises TrainingStoppedError at the first non-finite loss or gradient."""
+    cfg, dropout_key = run.cfg, jax.random.fold_in(run.key, 1)
+    sums = {"loss": 0.0, "accuracy": 0.0}
+    bar = _progress(progress, run.n_batches, f"epoch {epoch + 1}/{cfg.epochs}")
+    try:
+        for i, (xb, yb) in enumerate(data.batches(run.ds.x_train, run.ds.y_train, cfg.batch_size,
+                                                  seed=cfg.seed, epoch=epoch)):
+            run.params, run.state, run.opt_state, m = step_fn(
+                run.params, run.state, run.opt_state, (xb, yb),
+                jax.random.fold_in(dropout_key, run.step))
+            run.step += 1
+            host = jax.device_get(m)  # one transfer for every metric of the step
+            loss, grad_norm = float(host["loss"]), float(host["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                kept = (f"the last good checkpoint is {run.ckpt} (epoch {epoch})" if epoch
+                        else "no checkpoint was written yet")
+                raise TrainingStoppedError(
+                    f"step {run.step} (epoch {epoch + 1}): the loss is {loss}; "
+                    f"{_diagnose(run.model, m, run.params, run.state, xb)}; {kept}. Lower --lr "
+                    f"or set --clip")
+            sums["loss"] += loss
+            sums["accuracy"] += float(host["accuracy"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
+                            acc=f"{sums['accuracy'] / (i + 1):.3f}")
+            if run.step % cfg.log_every == 0:
+                metrics.append({"kind": "step", "step": run.step, "epoch": epoch + 1,
+                                "loss": loss, "grad_norm": grad_norm,
+                                "layer_grad_norms": {k: float(v) for k, v in
+                                                     host["layer_grad_norms"].items()}})
+            if stop_after_steps is not None and run.step >= stop_after_steps:
+                return None
+    finally:
+        bar.close()
+    return sums
+
+
+def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
+               metrics: rundir.MetricsLog, started: float) -> dict:
+    """Evaluate, log the epoch's record, then checkpoint (in that order: a crash between the two
+    redoes the epoch on resume, whose records are then dropped and written again)."""
+    test = steps.evaluate(run.model, run.params, run.state, run.ds.x_test, run.ds.y_test,
+                          eval_step=eval_step)
+    n = run.n_batches
+    summary = {"kind": "epoch", "epoch": epoch + 1, "step": run.step,
+               "train_loss": sums["loss"] / n, "train_accuracy": sums["accuracy"] / n,
+               "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+               "seconds": time.perf_counter() - started}
+    metrics.append(summary)
+    checkpoint.save(run.ckpt, (run.params, run.state, run.opt_state),
+                    {"epoch": epoch + 1, "step": run.step, "config": dataclasses.asdict(run.cfg),
+                     "data_sha256": run.data_sha256})
+    run.log(f"epoch {epoch + 1}: train loss {summary['train_loss']:.4f}, test loss "
+            f"{test['loss']:.4f}, test accuracy {test['accuracy']:.4f}")
+    return summary
+
+
+def _plots(run: _Run) -> None:
+    first_conv = next((run.params[layer.name]["w"] for layer in run.model.layers
+                       if layer.name in run.params and run.params[layer.name]["w"].ndim == 4),
+                      None)
+    for path in plots.plot_run(run.out, first_conv):
+        run.log(f"wrote {path}")
 
 
 class _NoBar:
@@ -265,8 +425,9 @@ class _NoBar:
 
 
 def _progress(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
+    """A tqdm bar on a terminal; nothing where stderr is a file or a pipe (a log file would fill
+    with carriage returns; the run logs one line per epoch anyway)."""
+    if not (enabled and sys.stderr.isatty()):
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
