@@ -45,7 +45,9 @@ def run_seeds(args: argparse.Namespace, runs_dir: Path) -> tuple[trainer.TrainCo
     for seed in args.seeds:
         cfg = dataclasses.replace(base, seed=seed)
         t0 = time.perf_counter()
-        summary = trainer.fit(cfg, runs_dir / f"seed{seed}", progress=False, log=lambda m: None)
+        # a rerun of the experiment replaces its own earlier runs
+        summary = trainer.fit(cfg, runs_dir / f"seed{seed}", overwrite=True, progress=False,
+                              log=lambda m: None)
         wall = time.perf_counter() - t0
         rows.append({"seed": seed, "test_accuracy": summary["test_accuracy"],
                      "test_loss": summary["test_loss"], "train_loss": summary["train_loss"],

@@ -18,7 +18,7 @@ for step in $STEPS; do
   case $step in
     bench-highest|bench-default)
       p=${step#bench-}
-      timeout 150 $PY -m jaxcnn.cli bench --impl conv,gemm,auto --precision "$p" --rounds 5 \
+      timeout 150 $PY -m jaxcnn.tools.cli bench --impl conv,gemm,auto --precision "$p" --rounds 5 \
         --json "$OUT/bench_gpu_$p.json" --markdown "$OUT/bench_gpu_$p.md" 2>&1 \
         | grep -v cuda_timer > "$OUT/bench_$p.log"
       tail -25 "$OUT/bench_$p.log" ;;

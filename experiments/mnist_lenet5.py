@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"jaxcnn-{kind}-") as tmp:
         run_dir = args.runs_dir or Path(tmp)
-        summary = trainer.fit(cfg, run_dir, progress=sys.stderr.isatty())
+        summary = trainer.fit(cfg, run_dir, overwrite=True, progress=sys.stderr.isatty())
         _, epochs = plots.read_metrics(run_dir / "metrics.jsonl")
         figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / "curves.png", figure)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
-from jaxcnn.nn import grads, models
+from jaxcnn.nn import grads, lookup, models
 from jaxcnn.tools import bench, bench_torch, gradcheck, walkthrough
 from jaxcnn.training import optim
 from jaxcnn.training import run as trainer
@@ -203,7 +203,7 @@ def _walkthrough(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- gradcheck
 def _gradcheck_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="NAME",
-                   help=f"one of {', '.join(models.MODELS)}")
+                   help=f"one of {', '.join(models.MODELS)}, or module.path:function")
     p.add_argument("--dtype", choices=tuple(gradcheck.TOLERANCES), default="float64",
                    help="float64 also checks against finite differences")
     p.add_argument("--batch", type=POSITIVE, default=4, help="examples in the random batch")
@@ -214,11 +214,14 @@ def _gradcheck_args(p: argparse.ArgumentParser) -> None:
                    help="finite-difference coordinates per leaf, drawn at random")
     p.add_argument("--jitter", type=_finite_non_negative, default=0.05, metavar="S",
                    help="check at init + S N(0, 1), off ReLU kinks (0: at init)")
+    p.add_argument("--sabotage", choices=gradcheck.RULES, metavar="RULE",
+                   help="self-test: scale the gradients of jaxcnn.backward.RULE slightly "
+                   "wrong for this run; the check must then FAIL (exit 1)")
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
     rows, header = gradcheck.gradcheck(args.model, args.dtype, args.batch, args.seed, args.train,
-                             args.fd_per_leaf, args.jitter)
+                                       args.fd_per_leaf, args.jitter, sabotage=args.sabotage)
     print(gradcheck.format_table(rows, header, args.dtype, args.fd_per_leaf))
     return 0 if all(r.ok for r in rows) else 1
 
@@ -226,7 +229,10 @@ def _gradcheck(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train
 def _train_args(p: argparse.ArgumentParser) -> None:
     d = trainer.TrainConfig()
-    p.add_argument("--model", default=d.model, help=f"one of {', '.join(models.MODELS)}")
+    p.add_argument("--model", default=d.model,
+                   help=f"one of {', '.join(models.MODELS)} (lenet5 takes 28x28 MNIST images, "
+                   f"lenet5-digits the bundled 8x8 digits), or your own as module.path:function "
+                   f"returning a jaxcnn Network (imported from the current directory)")
     p.add_argument("--data", default=d.data, help="digits (bundled), synthetic (6x6 bars for "
                    "the seed net), mnist:DIR or fashion:DIR (IDX files, raw or .gz)")
     p.add_argument("--grad", default=d.grad, choices=grads.GRADS,
@@ -263,7 +269,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = trainer.TrainConfig(**{f.name: getattr(args, f.name)
                                  for f in dataclasses.fields(trainer.TrainConfig)
                                  if hasattr(args, f.name)})
-    model = models.get(cfg.model, impl=args.impl) if cfg.model in models.MODELS else None
+    cfg.validate()
+    model = lookup.model(cfg.model, impl=args.impl)
     say = _say()
     try:
         summary = trainer.fit(cfg, args.out, model=model, resume=args.resume,

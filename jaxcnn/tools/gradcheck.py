@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import backward
-from jaxcnn.nn import grads, models
+from jaxcnn.nn import grads, lookup
 from jaxcnn.nn.grads import TOLERANCES  # (vs autodiff, vs finite differences) per dtype
 
 # the rules `sabotage` can break: every function of jaxcnn.backward that returns gradients
@@ -77,7 +77,7 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
     and jax.grad take 0 (seen on deep-digits' depthwise3 bias). jitter=0 checks init as is.
 
     Args:
-      name: a registered model (`models.MODELS`).
+      name: a registered model (`models.MODELS`) or "module.path:function" (`nn.lookup`).
       dtype: "float64" (vs autodiff and finite differences) or "float32" (vs autodiff only).
       batch: examples in the random batch (>= 1); seed: of params, batch and dropout (>= 0).
       train: training mode (batch-statistics BatchNorm, Dropout with one fixed key).
@@ -111,7 +111,7 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
                          f"{', '.join(RULES)}; got {sabotage!r}")
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    model = models.get(name)
+    model = lookup.model(name)
     dt = jnp.dtype(dtype)
     tol_ad, tol_fd = TOLERANCES[dtype]
     k_params, k_drop = jax.random.split(jax.random.key(seed))

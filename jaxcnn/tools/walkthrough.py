@@ -1,9 +1,10 @@
-"""The seed network's walkthrough for a learner: every tensor of seeds 000/001, by hand and by JAX.
+"""The worked example's walkthrough for a learner: every tensor of the 15-parameter CNN, by hand
+and by JAX.
 
 `run` pushes one 6x6 image through the 15-parameter CNN (`models.seed_cnn`), keeps every forward
-tensor, computes every backward tensor by its seed formula (`seed.seed_backward`) and again with
-`jax.grad` (`seed.seed_autodiff`), and returns it all as a plain, JSON-ready dict. `format_text`
-prints it for a terminal, `plot` draws the maps as annotated heatmaps.
+tensor, computes every backward tensor by its formula (`worked_example.seed_backward`) and again
+with `jax.grad` (`worked_example.seed_autodiff`), and returns it all as a plain, JSON-ready dict.
+`format_text` prints it for a terminal, `plot` draws the maps as annotated heatmaps.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jaxcnn.tools.worked_example import seed_autodiff, seed_backward, seed_forwa
 TOL = 1e-12  # the largest |manual - autodiff| a pass allows (float64)
 IMAGE_SHAPE = (6, 6)
 
-FORWARD = {  # name -> equation (seed 000's forward propagation)
+FORWARD = {  # name -> equation (the worked example's forward propagation)
     "X": "X  (the input image)",
     "Z1": "Z1 = conv(X, W1) + B1",
     "A1": "A1 = ReLU(Z1)",
@@ -31,7 +32,7 @@ FORWARD = {  # name -> equation (seed 000's forward propagation)
     "A2": "A2 = sigmoid(Z2)  (the prediction y_hat)",
     "L": "L = BCE(Y, A2) = -[Y log A2 + (1 - Y) log(1 - A2)]",
 }
-BACKWARD = {  # name -> formula, in the order the seeds derive them
+BACKWARD = {  # name -> formula, in the order the worked example derives them
     "dL/dA2": "dL/dA2 = (A2 - Y) / (A2 (1 - A2))",
     "dA2/dZ2": "dA2/dZ2 = A2 (1 - A2)",
     "dZ2": "dZ2 = A2 - Y",
@@ -208,7 +209,7 @@ def format_text(result: dict) -> str:
     tensors (manual beside jax.grad), the 15-parameter table and a verdict."""
     image = f"default_image({result['seed']}): a diagonal stroke plus noise" \
         if result["image"] == "default" else "the given image"
-    lines = [f"The seed CNN of seeds 000/001: params from jax.random.key({result['seed']}), "
+    lines = [f"The seed CNN of the worked example: params from jax.random.key({result['seed']}), "
              f"label Y = {result['label']:g},", f"X = {image}", "", "Parameters"]
     for name, value in result["params"].items():
         lines += [f"  {name}{_shape_tag(value)}", *("    " + s for s in _block(value, 4))]
@@ -266,25 +267,31 @@ def _summary(result: dict) -> str:
 
 
 def plot(result: dict, path: str | Path) -> None:
-    """Annotated heatmaps of the forward maps (X, W1, Z1, A1, P1) over the backward maps (dP1,
-    dA1, dZ1, dW1), saved as a PNG. Uses the Agg canvas; never opens a window."""
+    """Annotated heatmaps of every forward tensor (X, W1, Z1, A1, P1, F, W2, Z2) over every
+    backward one, in the order backprop reaches them (dZ2, dW2, dF, dP1, dA1, dZ1, dW1), saved as
+    a PNG. Uses the Agg canvas; never opens a window."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     f, b = result["forward"], result["backward"]
     panels = [
         [("X", f["X"]["value"]), ("W1", result["params"]["W1"]), ("Z1", f["Z1"]["value"]),
-         ("A1 = ReLU(Z1)", f["A1"]["value"]), ("P1 = MaxPool(A1)", f["P1"]["value"])],
-        [("dP1", b["dP1"]["manual"]), ("dA1", b["dA1"]["manual"]), ("dZ1", b["dZ1"]["manual"]),
+         ("A1 = ReLU(Z1)", f["A1"]["value"]), ("P1 = MaxPool(A1)", f["P1"]["value"]),
+         ("F = Flatten(P1)", f["F"]["value"]), ("W2", result["params"]["W2"]),
+         ("Z2 = F W2 + B2", f["Z2"]["value"])],
+        [("dZ2 = A2 - Y", b["dZ2"]["manual"]), ("dW2 = F^T dZ2", b["dW2"]["manual"]),
+         ("dF = dZ2 W2^T", b["dF"]["manual"]), ("dP1", b["dP1"]["manual"]),
+         ("dA1", b["dA1"]["manual"]), ("dZ1", b["dZ1"]["manual"]),
          ("dW1 = conv(X, dZ1)", b["dW1"]["manual"])],
     ]
-    fig = Figure(figsize=(17, 7.5), layout="constrained")
+    cols = max(len(r) for r in panels) + (len(panels[0]) == len(panels[1]))
+    fig = Figure(figsize=(3.2 * cols, 7.5), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 5)
+    axes = fig.subplots(2, cols)
     fig.suptitle(f"Seed CNN walkthrough (seed {result['seed']}, Y = {result['label']:g}): "
                  f"forward maps (top), manual gradients (bottom)")
     for row, (panel_row, decimals) in enumerate(zip(panels, (2, 4))):
-        for col in range(5):
+        for col in range(cols):
             ax = axes[row, col]
             if col >= len(panel_row):  # the last cell: the scalars, as text
                 ax.axis("off")

@@ -2,7 +2,7 @@
 
     curves.png      loss and accuracy per epoch, train and test
     filters.png     the learned first-layer convolution filters
-    grad_norms.png  every layer's gradient norm over the steps (log scale): seed 003's vanishing
+    grad_norms.png  every layer's gradient norm over the steps (log scale): the overview's vanishing
                     and exploding gradients, made visible
 """
 
@@ -54,19 +54,22 @@ def curves(epochs: list[dict], path: str | Path) -> Path:
 
 def filters(w: Any, path: str | Path) -> Path:
     """The first convolution's filters, w (kh, kw, C_in, C_out): one panel per output channel
-    (the first input channel shown), sharing one symmetric colour scale."""
+    (the first input channel shown), sharing one symmetric colour scale, drawn as a colour bar."""
     w = np.asarray(w, np.float64)
     n = w.shape[-1]
     cols = min(n, 8)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.0, 1.6 * rows + 0.4),
+                             squeeze=False, layout="constrained")
     vmax = np.abs(w).max() or 1.0
+    image = None
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(w[:, :, 0, i], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            image = ax.imshow(w[:, :, 0, i], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
             ax.set_title(f"filter {i}", fontsize=8)
     fig.suptitle("first-layer filters")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
     return save(fig, path)
 
 
@@ -95,10 +98,12 @@ def plot_run(out: str | Path, first_conv_w: Any | None) -> list[Path]:
 
 
 def save(fig: Any, path: str | Path) -> Path:
-    """Lay out, write (creating the folder) and close a figure; returns its path."""
+    """Lay out (unless the figure has its own layout engine), write (creating the folder) and
+    close a figure; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

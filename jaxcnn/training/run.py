@@ -29,16 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.nn import grads, models
+from jaxcnn.nn import grads, lookup
 from jaxcnn.nn.network import Network
 from jaxcnn.training import checkpoint, data, optim, parallel, plots, rundir, steps
+from jaxcnn.training.diagnose import TrainingStoppedError, check_gradients, diagnose
 
 CHECKPOINT = rundir.CHECKPOINT
 MAX_SEED = data.MAX_SEED
-
-
-class TrainingStoppedError(RuntimeError):
-    """The run stopped for a reason the user must see (divergence, a failed gradient check)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -92,9 +89,7 @@ class TrainConfig:
                 raise TypeError(f"--{name.replace('_', '-')} must be {what}; got {value!r}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"--seed must be an int in 0..{MAX_SEED}; got {self.seed}")
-        if self.model not in models.MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of "
-                             f"{', '.join(models.MODELS)}")
+        lookup.check_spec(self.model)
         if self.grad not in grads.GRADS:
             raise ValueError(f"--grad must be one of {', '.join(grads.GRADS)}; got {self.grad!r}")
         if self.dtype not in ("float32", "float64"):
@@ -150,7 +145,7 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
     with its device count resolved, the model, the data and the mesh (None on one device)."""
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    model = models.get(cfg.model) if model is None else model
+    model = lookup.model(cfg.model) if model is None else model
     ds = data.load(cfg.data, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
     if len(ds.x_test) == 0:
         raise ValueError(f"--data {cfg.data}: the test split is empty; every epoch ends with an "
@@ -176,51 +171,6 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
     return dataclasses.replace(cfg, devices=devices), model, ds, mesh
 
 
-def check_gradients(model: Network, params: Any, state: Any, x: Any, y: Any, key: Any,
-                    dtype: str) -> float:
-    """Manual vs autodiff on one batch (training mode, same dropout key); raises
-    TrainingStoppedError beyond tolerance (float64 1e-9, float32 1e-4, relative to each leaf's
-    largest entry).
-
-    Returns:
-      the largest relative difference over the leaves.
-    """
-    kw = dict(state=state, train=True, key=key)
-    _, g_manual = jax.jit(lambda p: grads.manual_grad(model, p, x, y, **kw))(params)
-    _, g_auto = jax.jit(lambda p: grads.autodiff_grad(model, p, x, y, **kw))(params)
-    rows = grads.compare(g_manual, g_auto)
-    tol = grads.TOLERANCES[dtype][0]  # the manual vs autodiff bound of `jaxcnn gradcheck`
-    worst = max(rows, key=lambda r: r.max_rel)
-    if not worst.max_rel <= tol:
-        raise TrainingStoppedError(
-            f"--check-grads: manual and autodiff gradients differ on the first batch: "
-            f"{worst.path} max rel diff {worst.max_rel:.2e} > {tol:.0e}")
-    return worst.max_rel
-
-
-def _diagnose(model: Network, m: dict, params: Any, state: Any, x: Any) -> str:
-    """Which layer broke: the first non-finite gradient in backprop order (from the loss towards
-    the input), else the first layer whose output overflows, else whose parameters did.
-
-    params and state are the ones the failing step returned, which are the ones that produced
-    it (a non-finite step keeps them). The forward runs with XLA's convolutions (`impl="conv"`):
-    the products of `impl="auto"` may spread one channel's inf to its neighbours as NaN."""
-    norms = m["layer_grad_norms"]
-    for layer in reversed(model.layers):
-        if layer.name in norms and not math.isfinite(float(norms[layer.name])):
-            return (f"the first non-finite gradient in backprop order is that of layer "
-                    f"{layer.name!r}")
-    acts = model.with_impl("conv").forward(params, x, state=state).activations[1:]
-    for layer, y in zip(model.layers, acts):
-        if not bool(jnp.isfinite(y).all()):
-            return f"the gradients are finite; layer {layer.name!r} is the first whose output " \
-                   f"is not"
-    for layer in model.layers:
-        if not all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(params.get(layer.name))):
-            return f"layer {layer.name!r} has non-finite parameters"
-    return "every layer's gradient, output and parameters are finite: the loss itself overflowed"
-
-
 def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
         resume: bool = False, overwrite: bool = False, progress: bool = True,
         log: Callable[[str], None] = print, stop_after_steps: int | None = None) -> dict:
@@ -229,7 +179,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
     Args:
       cfg: the configuration (`TrainConfig.validate` is called first).
       out: the run directory; created if absent, locked (`rundir.locked`) while the run lasts.
-      model: the network to train (default `models.get(cfg.model)`), for instance one built with
+      model: the network to train (default `lookup.model(cfg.model)`), for instance one built with
         another `impl`.
       resume: continue from `out`'s checkpoint (logging "no checkpoint in OUT; starting from
         scratch" where there is none); refused if it was written under other settings (only
@@ -371,7 +321,7 @@ def _one_epoch(run: _Run, epoch: int, step_fn: Callable, metrics: rundir.Metrics
                         else "no checkpoint was written yet")
                 raise TrainingStoppedError(
                     f"step {run.step} (epoch {epoch + 1}): the loss is {loss}; "
-                    f"{_diagnose(run.model, m, run.params, run.state, xb)}; {kept}. Lower --lr "
+                    f"{diagnose(run.model, m, run.params, run.state, xb)}; {kept}. Lower --lr "
                     f"or set --clip")
             sums["loss"] += loss
             sums["accuracy"] += float(host["accuracy"])
