@@ -94,14 +94,28 @@ def conv_dx(dy: Array, w: Array, g: _geometry.Conv, precision: Any) -> Array:
     # channels swap, and group j's output block becomes group j's input block.
     wt = (w.reshape(kh, kw, c_in_g, groups, c_out // groups).transpose(0, 1, 3, 2, 4)
           .reshape(kh, kw, groups * c_in_g, c_out // groups))
+    params = dx_conv_params(g)
+    if params.pop("spread_apart"):
+        return fast.traps.spread_apart_conv(dy, rot180(wt), params["padding"], win, groups,
+                                            params["dimension_numbers"], precision)
+    return lax.conv_general_dilated(dy, rot180(wt), **params, precision=precision)
+
+
+def dx_conv_params(g: _geometry.Conv) -> dict[str, Any]:
+    """The `lax.conv_general_dilated` keyword arguments of `conv_dx` for a checked geometry `g`
+    (what `jaxcnn explain` prints), plus `spread_apart`: whether XLA may abort on that form
+    (`fast.traps.xla_may_abort`), so that the rule spreads dy apart from the convolution.
+
+    Returns:
+      dict(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, spread_apart); padding per axis `(k_eff - 1 - lo, H - O_s + lo)`.
+    """
+    win = g.win
     pads = [(e - 1 - lo, h - o_s + lo)
             for e, (lo, _), h, o_s in zip(win.eff, win.pads, win.in_hw, win.spread)]
-    dims = ("NHWC", "HWOI", "NHWC")
-    if fast.traps.xla_may_abort(win):
-        return fast.traps.spread_apart_conv(dy, rot180(wt), pads, win, groups, dims, precision)
-    return lax.conv_general_dilated(
-        dy, rot180(wt), (1, 1), pads, lhs_dilation=win.stride, rhs_dilation=win.dilation,
-        dimension_numbers=dims, feature_group_count=groups, precision=precision)
+    return dict(window_strides=(1, 1), padding=pads, lhs_dilation=win.stride,
+                rhs_dilation=win.dilation, dimension_numbers=("NHWC", "HWOI", "NHWC"),
+                feature_group_count=g.groups, spread_apart=fast.traps.xla_may_abort(win))
 
 
 def conv_dw(x: Array, dy: Array, g: _geometry.Conv, precision: Any) -> Array:
@@ -113,13 +127,22 @@ def conv_dw(x: Array, dy: Array, g: _geometry.Conv, precision: Any) -> Array:
     input rows the stride skipped. Groups pair x's channel block j with dy's block j
     (`batch_group_count`).
     """
+    return lax.conv_general_dilated(x, dy, **dw_conv_params(g), precision=precision)
+
+
+def dw_conv_params(g: _geometry.Conv) -> dict[str, Any]:
+    """The `lax.conv_general_dilated` keyword arguments of `conv_dw` for a checked geometry `g`
+    (what `jaxcnn explain` prints).
+
+    Returns:
+      dict(window_strides=d, padding, rhs_dilation=s, dimension_numbers, batch_group_count);
+      padding per axis `(lo, O_s - H + k_eff - 1 - lo)`.
+    """
     win = g.win
     pads = [(lo, o_s - h + e - 1 - lo)
             for (lo, _), o_s, h, e in zip(win.pads, win.spread, win.in_hw, win.eff)]
-    return lax.conv_general_dilated(
-        x, dy, win.dilation, pads, rhs_dilation=win.stride,
-        dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=g.groups,
-        precision=precision)
+    return dict(window_strides=win.dilation, padding=pads, rhs_dilation=win.stride,
+                dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=g.groups)
 
 
 def convolve2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,

@@ -4,6 +4,7 @@
     jaxcnn walkthrough [--seed N] [--label {0,1}] [--image FILE.npy] [--plot FILE.png] [--json]
     jaxcnn gradcheck --model NAME [--dtype float64|float32] [--batch N] [--seed N] [--train]
     jaxcnn bench [--against torch] [--impl conv,gemm,auto] [--networks seed:1,lenet5:128]
+    jaxcnn explain conv2d --input 7x7x3 --kernel 3x3 --filters 4 --stride 2 --padding SAME
 
 To add a subcommand, write `_<name>_args(parser)` (its options) and `_<name>(args) -> int` (a thin
 call into the library returning the exit status) and `register` them at the bottom of this file.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from jaxcnn.nn import grads, lookup, models
-from jaxcnn.tools import bench, bench_torch, gradcheck, walkthrough
+from jaxcnn.tools import bench, bench_torch, explain, gradcheck, walkthrough
 from jaxcnn.training import optim
 from jaxcnn.training import run as trainer
 
@@ -336,6 +337,8 @@ register("gradcheck", "check a model's manual gradients against jax.grad and fin
          _gradcheck_args, _gradcheck)
 register("bench", "time manual vs autodiff (and PyTorch) train steps, interleaved", _bench_args,
          _bench)
+register("explain", "derive a conv's or pool's backward rule with this configuration's numbers, "
+         "and check it against jax.vjp", explain.add_arguments, explain.run)
 
 if __name__ == "__main__":
     raise SystemExit(main())
