@@ -98,6 +98,8 @@ def autodiff_grad(model: Network, params: Params, x: Array, y: Array, *,
     loss, g, _ = value_and_grad(model, "autodiff")(params, x, y, state=state, train=train,
                                                    key=key)
     return loss, g
+
+
 def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *,
                            eps: float = 1e-6, max_per_leaf: int | None = None, seed: int = 0,
                            return_mask: bool = False,
@@ -121,26 +123,8 @@ def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *
       (differences, evaluated): evaluated a pytree of bool arrays of the same structure and
       shapes, True where a coordinate was evaluated.
     """
-    fn = "finite_difference_grad"
-    try:
-        step = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: eps must be a number; got {type(eps).__name__}") from None
-    if not (np.isfinite(step) and step > 0):
-        raise ValueError(f"{fn}: eps must be a finite step > 0; got {eps!r}")
-    if max_per_leaf is not None and (not isinstance(max_per_leaf, int | np.integer)
-                                     or isinstance(max_per_leaf, bool) or max_per_leaf < 1):
-        raise ValueError(f"{fn}: max_per_leaf must be None (every coordinate) or an int >= 1; "
-                         f"got {max_per_leaf!r}")
-    model.check_input(x)
-    model.check_params(params)
-    leaves_p, treedef = jax.tree_util.tree_flatten_with_path(params)
-    for path, leaf in leaves_p:
-        if leaf.dtype != jnp.float64:
-            raise TypeError(f"{fn} needs float64 params (enable jax_enable_x64 and init the model "
-                            f"with dtype=jnp.float64); params{jax.tree_util.keystr(path)} is "
-                            f"{leaf.dtype}")
-    leaves = [leaf for _, leaf in leaves_p]
+    step = _check_fd_args(model, params, x, eps, max_per_leaf)
+    leaves, treedef = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
 
     def loss_at(flat_leaves):
@@ -168,6 +152,30 @@ def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *
         masks.append(evaluated.reshape(leaf.shape))
     fd_tree = jax.tree.unflatten(treedef, out)
     return (fd_tree, jax.tree.unflatten(treedef, masks)) if return_mask else fd_tree
+
+
+def _check_fd_args(model: Network, params: Params, x: Array, eps: Any,
+                   max_per_leaf: Any) -> float:
+    """finite_difference_grad's checks; returns the step as a float."""
+    fn = "finite_difference_grad"
+    try:
+        step = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: eps must be a number; got {type(eps).__name__}") from None
+    if not (np.isfinite(step) and step > 0):
+        raise ValueError(f"{fn}: eps must be a finite step > 0; got {eps!r}")
+    if max_per_leaf is not None and (not isinstance(max_per_leaf, int | np.integer)
+                                     or isinstance(max_per_leaf, bool) or max_per_leaf < 1):
+        raise ValueError(f"{fn}: max_per_leaf must be None (every coordinate) or an int >= 1; "
+                         f"got {max_per_leaf!r}")
+    model.check_input(x)
+    model.check_params(params)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if leaf.dtype != jnp.float64:
+            raise TypeError(f"{fn} needs float64 params (enable jax_enable_x64 and init the model "
+                            f"with dtype=jnp.float64); params{jax.tree_util.keystr(path)} is "
+                            f"{leaf.dtype}")
+    return step
 
 
 class LeafDiff(NamedTuple):
@@ -253,31 +261,38 @@ def compare(a: Any, b: Any, *, mask: Any = None) -> list[LeafDiff]:
         la, lb = np.asarray(la, np.float64), np.asarray(lb, np.float64)
         if la.shape != lb.shape:
             raise ValueError(f"{fn}: {key} has shape {la.shape} in a but {lb.shape} in b")
-        if lm is None:
-            m = np.ones(la.shape, bool)
-        else:
-            m = np.asarray(lm)
-            if m.dtype != bool:
-                raise TypeError(f"{fn}: mask{key} must be a bool array (True where b was "
-                                f"evaluated); got {m.dtype}")
-            if m.shape != lb.shape:
-                raise ValueError(f"{fn}: mask{key} has shape {m.shape} but b{key} has "
-                                 f"{lb.shape}")
-        bad = ~np.isfinite(la) | (m & ~np.isfinite(lb))
-        compared, nonfinite = int(m.sum()), int(bad.sum())
-        if compared == 0 or nonfinite:
-            rows.append(LeafDiff(key, la.shape, np.inf, np.inf, np.nan, compared, nonfinite))
-            continue
-        va, vb = la[m], lb[m]
-        diff = float(np.abs(va - vb).max())
-        scale = float(np.abs(vb).max())
-        norm = float(np.linalg.norm(va) * np.linalg.norm(vb))
-        rel = diff / max(scale, 1e-30)
-        cosine = float(np.dot(va, vb) / norm) if norm > 0 else float(diff == 0)
-        if not (np.isfinite(diff) and np.isfinite(rel)):  # finite entries whose difference
-            diff = rel = np.inf                            # overflows
-        rows.append(LeafDiff(key, la.shape, diff, rel, cosine, compared, 0))
+        rows.append(_leaf_diff(key, la, lb, _leaf_mask(fn, key, lm, lb.shape)))
     return rows
+
+
+def _leaf_mask(fn: str, key: str, lm: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A mask leaf checked (bool, b's shape), or all True for no mask."""
+    if lm is None:
+        return np.ones(shape, bool)
+    m = np.asarray(lm)
+    if m.dtype != bool:
+        raise TypeError(f"{fn}: mask{key} must be a bool array (True where b was evaluated); "
+                        f"got {m.dtype}")
+    if m.shape != shape:
+        raise ValueError(f"{fn}: mask{key} has shape {m.shape} but b{key} has {shape}")
+    return m
+
+
+def _leaf_diff(key: str, la: np.ndarray, lb: np.ndarray, m: np.ndarray) -> LeafDiff:
+    """One leaf's `LeafDiff` over the entries `m` selects (float64 arrays of one shape)."""
+    bad = ~np.isfinite(la) | (m & ~np.isfinite(lb))
+    compared, nonfinite = int(m.sum()), int(bad.sum())
+    if compared == 0 or nonfinite:
+        return LeafDiff(key, la.shape, np.inf, np.inf, np.nan, compared, nonfinite)
+    va, vb = la[m], lb[m]
+    diff = float(np.abs(va - vb).max())
+    scale = float(np.abs(vb).max())
+    norm = float(np.linalg.norm(va) * np.linalg.norm(vb))
+    rel = diff / max(scale, 1e-30)
+    cosine = float(np.dot(va, vb) / norm) if norm > 0 else float(diff == 0)
+    if not (np.isfinite(diff) and np.isfinite(rel)):  # finite entries whose difference overflows
+        diff = rel = np.inf
+    return LeafDiff(key, la.shape, diff, rel, cosine, compared, 0)
 
 
 def format_table(rows: list[LeafDiff], title: str = "") -> str:

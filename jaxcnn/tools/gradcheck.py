@@ -95,35 +95,12 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
       ValueError / TypeError: a bad argument (naming it), an unknown model, or a sabotaged rule
       the model never calls.
     """
-    if dtype not in TOLERANCES:
-        raise ValueError(f"gradcheck: dtype (--dtype) must be one of {', '.join(TOLERANCES)}; "
-                         f"got {dtype!r}")
-    batch = _count("batch", "--batch", batch, 1)
-    fd_per_leaf = _count("fd_per_leaf", "--fd-per-leaf", fd_per_leaf, 1)
-    seed = _count("seed", "--seed", seed, 0)
-    if not isinstance(jitter, int | float | np.floating) or isinstance(jitter, bool):
-        raise TypeError(f"gradcheck: jitter (--jitter) must be a number; got {jitter!r}")
-    if not (np.isfinite(jitter) and jitter >= 0):
-        raise ValueError(f"gradcheck: jitter (--jitter) must be a finite number >= 0 (a "
-                         f"standard deviation); got {jitter}")
-    if sabotage is not None and sabotage not in RULES:
-        raise ValueError(f"gradcheck: sabotage must be a rule of jaxcnn.backward, one of "
-                         f"{', '.join(RULES)}; got {sabotage!r}")
+    batch, fd_per_leaf, seed = _check_args(dtype, batch, fd_per_leaf, seed, jitter, sabotage)
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     model = lookup.model(name)
-    dt = jnp.dtype(dtype)
     tol_ad, tol_fd = TOLERANCES[dtype]
-    k_params, k_drop = jax.random.split(jax.random.key(seed))
-    rng = np.random.default_rng(seed)  # NumPy for the rest: no XLA compile per shape
-    params, state = model.init(k_params, dt), model.init_state(dt)
-    params = jax.tree.map(lambda p: p + jnp.asarray(jitter * rng.standard_normal(p.shape), dt),
-                          params)
-    x = jnp.asarray(rng.standard_normal((batch, *model.input_shape)), dt)
-    if model.head.kind == "binary":
-        y = jnp.asarray(rng.integers(0, 2, batch), dt)
-    else:
-        y = jnp.asarray(rng.integers(0, model.num_classes, batch))
+    params, state, x, y, k_drop = _check_point(model, jnp.dtype(dtype), batch, seed, jitter)
     key = k_drop if train else None  # one dropout key for all three gradients
     kw: dict[str, Any] = {"state": state, "train": train, "key": key}
     # compiled once each: far faster than op-by-op dispatch on the bigger models
@@ -141,12 +118,8 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
         fd, evaluated = grads.finite_difference_grad(model, params, x, y, max_per_leaf=fd_per_leaf,
                                                      seed=seed, return_mask=True, **kw)
         vs_fd = list(grads.compare(manual, fd, mask=evaluated))
-    rows = [_loss_row(float(loss_m), float(loss_a), tol_ad)]
-    for r, rf in zip(grads.compare(manual, auto), vs_fd):
-        finite = r.finite and (rf is None or rf.finite)
-        ok = r.within(tol_ad) and (rf is None or rf.within(tol_fd or 0.0))
-        rows.append(LeafCheck(r.path, r.shape, r.max_rel, None if rf is None else rf.max_rel,
-                              r.cosine, finite, ok))
+    rows = [_loss_row(float(loss_m), float(loss_a), tol_ad),
+            *_leaf_rows(grads.compare(manual, auto), vs_fd, tol_ad, tol_fd)]
     hwc = "x".join(map(str, model.input_shape))
     header = (f"gradcheck of {model.name} ({hwc} input, {model.head.name}, "
               f"{model.num_params(params):,} parameters)\n"
@@ -158,6 +131,52 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
         header += (f"\nsabotage={sabotage!r}: jaxcnn.backward.{sabotage} returns its gradients "
                    f"times 1 + {factor - 1:.0e}: this check must FAIL")
     return rows, header
+
+
+def _check_args(dtype: Any, batch: Any, fd_per_leaf: Any, seed: Any, jitter: Any,
+                sabotage: Any) -> tuple[int, int, int]:
+    """gradcheck's argument checks, each naming its flag; returns batch, fd_per_leaf, seed."""
+    if dtype not in TOLERANCES:
+        raise ValueError(f"gradcheck: dtype (--dtype) must be one of {', '.join(TOLERANCES)}; "
+                         f"got {dtype!r}")
+    counts = (_count("batch", "--batch", batch, 1),
+              _count("fd_per_leaf", "--fd-per-leaf", fd_per_leaf, 1),
+              _count("seed", "--seed", seed, 0))
+    if not isinstance(jitter, int | float | np.floating) or isinstance(jitter, bool):
+        raise TypeError(f"gradcheck: jitter (--jitter) must be a number; got {jitter!r}")
+    if not (np.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"gradcheck: jitter (--jitter) must be a finite number >= 0 (a "
+                         f"standard deviation); got {jitter}")
+    if sabotage is not None and sabotage not in RULES:
+        raise ValueError(f"gradcheck: sabotage must be a rule of jaxcnn.backward, one of "
+                         f"{', '.join(RULES)}; got {sabotage!r}")
+    return counts
+
+
+def _check_point(model: Any, dt: Any, batch: int, seed: int, jitter: float) -> tuple:
+    """(params = init + jitter N(0, 1), state, x, y, dropout key) for the model, from `seed`."""
+    k_params, k_drop = jax.random.split(jax.random.key(seed))
+    rng = np.random.default_rng(seed)  # NumPy for the rest: no XLA compile per shape
+    params, state = model.init(k_params, dt), model.init_state(dt)
+    params = jax.tree.map(lambda p: p + jnp.asarray(jitter * rng.standard_normal(p.shape), dt),
+                          params)
+    x = jnp.asarray(rng.standard_normal((batch, *model.input_shape)), dt)
+    if model.head.kind == "binary":
+        y = jnp.asarray(rng.integers(0, 2, batch), dt)
+    else:
+        y = jnp.asarray(rng.integers(0, model.num_classes, batch))
+    return params, state, x, y, k_drop
+
+
+def _leaf_rows(vs_ad: list, vs_fd: list, tol_ad: float, tol_fd: float | None) -> list:
+    """One `LeafCheck` per leaf from its comparisons with autodiff and finite differences."""
+    rows = []
+    for r, rf in zip(vs_ad, vs_fd):
+        finite = r.finite and (rf is None or rf.finite)
+        ok = r.within(tol_ad) and (rf is None or rf.within(tol_fd or 0.0))
+        rows.append(LeafCheck(r.path, r.shape, r.max_rel, None if rf is None else rf.max_rel,
+                              r.cosine, finite, ok))
+    return rows
 
 
 def _loss_row(manual: float, autodiff: float, tol: float) -> LeafCheck:
