@@ -71,10 +71,7 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
     """Manual vs `jax.grad` (and vs central differences, float64 only) on the loss and every
     parameter leaf of model `name` for a random batch.
 
-    The check point is `model.init` plus `jitter * N(0, 1)` on every leaf: at init the biases are
-    exactly 0, so a ReLU whose receptive field is all zeros (padding, or an upstream ReLU's zeros)
-    sits exactly on its kink, where central differences see slope 1/2 and both the manual rule
-    and jax.grad take 0 (seen on deep-digits' depthwise3 bias). jitter=0 checks init as is.
+    The check point is `model.init` plus `jitter * N(0, 1)` on every leaf (see `_check_point`).
 
     Args:
       name: a registered model (`models.MODELS`) or "module.path:function" (`nn.lookup`).
@@ -154,7 +151,13 @@ def _check_args(dtype: Any, batch: Any, fd_per_leaf: Any, seed: Any, jitter: Any
 
 
 def _check_point(model: Any, dt: Any, batch: int, seed: int, jitter: float) -> tuple:
-    """(params = init + jitter N(0, 1), state, x, y, dropout key) for the model, from `seed`."""
+    """(params = init + jitter N(0, 1), state, x, y, dropout key) for the model, from `seed`.
+
+    Why jitter: at init the biases are exactly 0, so a ReLU whose receptive field is all zeros
+    (padding, or an upstream ReLU's zeros) sits exactly on its kink, where central differences
+    see slope 1/2 and both the manual rule and jax.grad take 0 (seen on deep-digits' depthwise3
+    bias). jitter=0 checks init as is.
+    """
     k_params, k_drop = jax.random.split(jax.random.key(seed))
     rng = np.random.default_rng(seed)  # NumPy for the rest: no XLA compile per shape
     params, state = model.init(k_params, dt), model.init_state(dt)
