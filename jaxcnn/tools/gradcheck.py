@@ -117,16 +117,8 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
         vs_fd = list(grads.compare(manual, fd, mask=evaluated))
     rows = [_loss_row(float(loss_m), float(loss_a), tol_ad),
             *_leaf_rows(grads.compare(manual, auto), vs_fd, tol_ad, tol_fd)]
-    hwc = "x".join(map(str, model.input_shape))
-    header = (f"gradcheck of {model.name} ({hwc} input, {model.head.name}, "
-              f"{model.num_params(params):,} parameters)\n"
-              f"{dtype}, batch {batch}, seed {seed}, "
-              f"{'train=True (fixed dropout key)' if train else 'train=False'}, "
-              f"params = init + {jitter:g} N(0, 1)\n"
-              f"loss: manual {float(loss_m):.12g}, autodiff {float(loss_a):.12g}")
-    if sabotage is not None:
-        header += (f"\nsabotage={sabotage!r}: jaxcnn.backward.{sabotage} returns its gradients "
-                   f"times 1 + {factor - 1:.0e}: this check must FAIL")
+    header = _header(model, params, dtype, batch, seed, train, jitter, float(loss_m),
+                     float(loss_a), sabotage, factor)
     return rows, header
 
 
@@ -169,6 +161,23 @@ def _check_point(model: Any, dt: Any, batch: int, seed: int, jitter: float) -> t
     else:
         y = jnp.asarray(rng.integers(0, model.num_classes, batch))
     return params, state, x, y, k_drop
+
+
+def _header(model: Any, params: Any, dtype: str, batch: int, seed: int, train: bool,
+            jitter: float, loss_m: float, loss_a: float, sabotage: str | None,
+            factor: float) -> str:
+    """The lines describing a gradcheck run."""
+    hwc = "x".join(map(str, model.input_shape))
+    header = (f"gradcheck of {model.name} ({hwc} input, {model.head.name}, "
+              f"{model.num_params(params):,} parameters)\n"
+              f"{dtype}, batch {batch}, seed {seed}, "
+              f"{'train=True (fixed dropout key)' if train else 'train=False'}, "
+              f"params = init + {jitter:g} N(0, 1)\n"
+              f"loss: manual {loss_m:.12g}, autodiff {loss_a:.12g}")
+    if sabotage is not None:
+        header += (f"\nsabotage={sabotage!r}: jaxcnn.backward.{sabotage} returns its gradients "
+                   f"times 1 + {factor - 1:.0e}: this check must FAIL")
+    return header
 
 
 def _leaf_rows(vs_ad: list, vs_fd: list, tol_ad: float, tol_fd: float | None) -> list:
