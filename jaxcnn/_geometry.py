@@ -282,3 +282,83 @@ def batch_norm(fn: str, x: Any, gamma: Any, beta: Any, mean: Any, var: Any) -> N
             array(fn, name, v, 1, "(C,)")
             same_dtype(fn, x=x, **{name: v})
             shape_is(fn, name, v, (shape[-1],), "one value per channel of x")
+
+
+def spatial(fn: str, name: str, x: Any) -> tuple[int, ...]:
+    """Check a channels-last input (N, *spatial, C) with 1, 2 or 3 spatial axes (rank 3 to 5)."""
+    shape = array(fn, name, x)
+    if not 3 <= len(shape) <= 5:
+        raise ValueError(f"{fn}: {name} must be (N, *spatial, C) with 1, 2 or 3 spatial axes "
+                         f"(rank 3 to 5); got shape {shape}")
+    return shape
+
+
+def scale(fn: str, value: Any, n_spatial: int) -> tuple[int, ...]:
+    """An upsampling factor per spatial axis, ints >= 1: an int means the same on every axis."""
+    if _is_int(value):
+        value = (value,) * n_spatial
+    if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != n_spatial
+            or not all(_is_int(v) for v in value)):
+        raise TypeError(f"{fn}: scale must be an int or a tuple of {n_spatial} ints, one per "
+                        f"spatial axis of x; got {value!r}")
+    if min(value) < 1:
+        raise ValueError(f"{fn}: scale must be >= 1 on every axis; got {tuple(value)}")
+    return tuple(int(v) for v in value)
+
+
+def _norm(fn: str, x: Any, gamma: Any, beta: Any, eps: Any) -> tuple[int, ...]:
+    """x (N, ..., C) with a batch axis; gamma, beta (C,) in x's dtype; eps a number >= 0."""
+    shape = array(fn, "x", x)
+    if len(shape) < 2:
+        raise ValueError(f"{fn}: x must be (N, ..., C) with a batch axis; got shape {shape}")
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        array(fn, name, v, 1, "(C,)")
+        same_dtype(fn, x=x, **{name: v})
+        shape_is(fn, name, v, (shape[-1],), "one value per channel of x")
+    if not isinstance(eps, int | float | np.integer | np.floating) or isinstance(eps, bool):
+        raise TypeError(f"{fn}: eps must be a Python or NumPy number; got {eps!r}")
+    if not eps >= 0:
+        raise ValueError(f"{fn}: eps must be >= 0; got {eps}")
+    return shape
+
+
+def group_norm(fn: str, x: Any, gamma: Any, beta: Any, groups: Any, eps: Any) -> int:
+    """Check group-norm arguments: x (N, ..., C); gamma, beta (C,); groups an int >= 1 dividing
+    C. Returns the channels per group, C // groups."""
+    shape = _norm(fn, x, gamma, beta, eps)
+    if not _is_int(groups):
+        raise TypeError(f"{fn}: groups must be an int; got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{fn}: groups must be >= 1; got {groups}")
+    if shape[-1] % groups:
+        raise ValueError(f"{fn}: groups={groups} must divide the {shape[-1]} channels of x")
+    return shape[-1] // int(groups)
+
+
+def layer_norm(fn: str, x: Any, gamma: Any, beta: Any, eps: Any) -> None:
+    """Check layer-norm arguments: x (N, ..., C); gamma, beta (C,)."""
+    _norm(fn, x, gamma, beta, eps)
+
+
+def join(fn: str, a: Any, b: Any, *, along_channels: bool) -> None:
+    """Check the two inputs of a join, of one floating dtype: of one shape (`add`), or
+    (`along_channels`, `concat`) of one rank >= 2 and the same N and spatial sizes."""
+    sa, sb = array(fn, "a", a), array(fn, "b", b)
+    same_dtype(fn, a=a, b=b)
+    if not along_channels:
+        shape_is(fn, "b", b, sa, "a")
+        return
+    if len(sa) < 2:
+        raise ValueError(f"{fn}: a must be (N, ..., C) with a batch axis; got shape {sa}")
+    if len(sb) != len(sa) or sb[:-1] != sa[:-1]:
+        raise ValueError(f"{fn}: b has shape {sb} but a has shape {sa}; they must agree on "
+                         f"every axis but the last (channels): N and the spatial sizes")
+
+
+def upsample(fn: str, x: Any, scale_: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check an upsampling call: x (N, *spatial, C); return (the scale per spatial axis, the
+    output shape (N, *(size * scale), C))."""
+    shape = spatial(fn, "x", x)
+    factors = scale(fn, scale_, len(shape) - 2)
+    out = (shape[0], *(n * s for n, s in zip(shape[1:-1], factors)), shape[-1])
+    return factors, out

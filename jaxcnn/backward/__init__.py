@@ -11,9 +11,10 @@ against `jax.vjp` of the forward (tests/test_backward.py); tests/test_source.py 
 module the rules reach and fails on any autodiff call.
 """
 
-from jaxcnn.backward import activation, conv, linear, loss, norm, pool, shape
+from jaxcnn.backward import activation, conv, join, linear, loss, norm, pool, shape
 from jaxcnn.backward.activation import leaky_relu, relu, sigmoid, softmax, tanh
 from jaxcnn.backward.conv import conv2d, convolve2d
+from jaxcnn.backward.join import add, concat
 from jaxcnn.backward.linear import dense
 from jaxcnn.backward.loss import (
     binary_cross_entropy,
@@ -21,15 +22,16 @@ from jaxcnn.backward.loss import (
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
 )
-from jaxcnn.backward.norm import batch_norm, moments
-from jaxcnn.backward.pool import avg_pool, l2_pool, max_pool
-from jaxcnn.backward.shape import flatten
+from jaxcnn.backward.norm import batch_norm, group_norm, layer_norm, moments
+from jaxcnn.backward.pool import avg_pool, global_avg_pool, l2_pool, max_pool
+from jaxcnn.backward.shape import flatten, upsample_nearest
 
-FAMILIES = {"activation": activation, "conv": conv, "linear": linear, "loss": loss,
-            "norm": norm, "pool": pool, "shape": shape}
+FAMILIES = {"activation": activation, "conv": conv, "join": join, "linear": linear,
+            "loss": loss, "norm": norm, "pool": pool, "shape": shape}
 # the union of the families' __all__ (tests/test_layout.py checks it, and the twin's)
 __all__ = [
-    "avg_pool", "batch_norm", "binary_cross_entropy", "conv2d", "convolve2d", "dense", "flatten",
-    "l2_pool", "leaky_relu", "max_pool", "moments", "mse", "relu", "sigmoid",
-    "sigmoid_binary_cross_entropy", "softmax", "softmax_cross_entropy", "tanh",
+    "add", "avg_pool", "batch_norm", "binary_cross_entropy", "concat", "conv2d", "convolve2d",
+    "dense", "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu",
+    "max_pool", "moments", "mse", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
+    "softmax_cross_entropy", "tanh", "upsample_nearest",
 ]

@@ -1,12 +1,14 @@
 """The rules of `jaxcnn/forward/pool.py`: routing dy back through the windows.
 
 Each rule sums, over the kernel offsets (m, p), what that offset's tap of every window gets,
-spread back to the input rows it read (`jaxcnn._window.spread`, the adjoint of `tap`).
+spread back to the input rows it read (`jaxcnn._window.spread`, the adjoint of `tap`). Global
+average pooling has one window, the whole input: each position gets `dy / S`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -20,7 +22,7 @@ from jaxcnn.forward.pool import l2_pool as l2_pool_forward
 
 Array = jax.Array
 
-__all__ = ["avg_pool", "l2_pool", "max_pool"]
+__all__ = ["avg_pool", "global_avg_pool", "l2_pool", "max_pool"]
 
 
 def _pool_args(fn: str, dy: Array, x: Array, window: Any, stride: Any,
@@ -116,3 +118,18 @@ def l2_pool(dy: Array, x: Array, *, window: int | tuple[int, int] = 2,
     return x * spread
 
 
+def global_avg_pool(dy: Array, x: Array) -> Array:
+    """Gradient of `forward.global_avg_pool`: `y[n, c] = (1/S) sum_p x[n, p, c]` gives
+    `dx[n, p, c] = dy[n, c] / S` at each of the S spatial positions p.
+
+    Args:
+      dy: (N, C); x: (N, *spatial, C) with 1, 2 or 3 spatial axes.
+
+    Returns:
+      dx: x's shape.
+    """
+    shape = _geometry.spatial("backward.global_avg_pool", "x", x)
+    upstream("backward.global_avg_pool", dy, x, (shape[0], shape[-1]), "the forward output")
+    positions = math.prod(shape[1:-1])
+    per_position = (dy / positions).reshape(shape[0], *(1,) * (len(shape) - 2), shape[-1])
+    return jnp.broadcast_to(per_position, shape)

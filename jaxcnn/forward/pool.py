@@ -1,4 +1,5 @@
-"""Pooling: max, average and L2-norm pooling over windows of an (N, H, W, C) input."""
+"""Pooling: max, average and L2-norm pooling over windows of an (N, H, W, C) input, and
+global average pooling over every spatial axis of an (N, *spatial, C) one."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from jaxcnn._geometry import Padding
 
 Array = jax.Array
 
-__all__ = ["avg_pool", "l2_pool", "max_pool"]
+__all__ = ["avg_pool", "global_avg_pool", "l2_pool", "max_pool"]
 
 
 def _reduce_window(x: Array, init: float, op: Any, win: _geometry.Window) -> Array:
@@ -78,3 +79,16 @@ def l2_pool(x: Array, *, window: int | tuple[int, int] = 2,
     sq = _reduce_window(x * x, 0.0, lax.add, win)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+
+
+def global_avg_pool(x: Array) -> Array:
+    """Global average pooling: `y[n, c] = (1/S) sum_p x[n, p, c]`, the mean over the S positions.
+
+    Args:
+      x: (N, *spatial, C) with 1, 2 or 3 spatial axes.
+
+    Returns:
+      y: (N, C).
+    """
+    shape = _geometry.spatial("global_avg_pool", "x", x)
+    return jnp.mean(x, tuple(range(1, len(shape) - 1)))
