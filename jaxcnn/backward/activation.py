@@ -38,7 +38,11 @@ def leaky_relu(dy: Array, x: Array, negative_slope: float = 0.01) -> Array:
 
 
 def sigmoid(dy: Array, x: Array) -> Array:
-    """`dx = dy * s * (1 - s)` with `s = sigmoid(x)` (the worked example's `dA2/dZ2`)."""
+    """`dx = dy * s * (1 - s)` with `s = sigmoid(x)` (the worked example's `dA2/dZ2`).
+
+    Args:
+      dy, x: the same shape. Returns: dx, that shape.
+    """
     _check("backward.sigmoid", dy, x)
     s = jax.nn.sigmoid(x)
     return dy * s * (1 - s)

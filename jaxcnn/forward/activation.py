@@ -25,7 +25,8 @@ def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
 
 
 def sigmoid(x: Array) -> Array:
-    """`y = 1 / (1 + exp(-x))` elementwise (the worked example's `A2 = sigmoid(Z2)`)."""
+    """`y = 1 / (1 + exp(-x))` elementwise (the worked example's `A2 = sigmoid(Z2)`); x: any
+    shape."""
     _geometry.array("sigmoid", "x", x)
     return jax.nn.sigmoid(x)
 

@@ -94,7 +94,8 @@ def manual_grad(model: Network, params: Params, x: Array, y: Array, *,
 def autodiff_grad(model: Network, params: Params, x: Array, y: Array, *,
                   state: State | None = None, train: bool = False,
                   key: Array | None = None) -> tuple[Array, Params]:
-    """(loss, dL/dparams) by `jax.value_and_grad(model.loss)`; arguments as `manual_grad`."""
+    """(loss, dL/dparams) by `jax.value_and_grad(model.loss)`; arguments as `manual_grad`:
+    x (N, H, W, C), y (N,); the grads have the shapes of params."""
     loss, g, _ = value_and_grad(model, "autodiff")(params, x, y, state=state, train=train,
                                                    key=key)
     return loss, g

@@ -169,8 +169,8 @@ class Network:
           TypeError: params or a layer's entry is not a dict, or a leaf is not an array of a
             floating dtype (or not of `dtype`).
           ValueError: a layer or leaf is missing or unexpected, or a leaf has the wrong shape.
-          Each message names the path, e.g. "seed_cnn: params['conv']['w'] has shape
-          (5, 5, 1, 1) but the layer needs (3, 3, 1, 1)".
+            Each message names the path, e.g. `seed_cnn: params['conv']['w'] has shape
+            (5, 5, 1, 1) but the layer needs (3, 3, 1, 1)`.
         """
         self._check_tree("params", params, self.param_shapes, dtype, partial=False)
 
@@ -183,7 +183,8 @@ class Network:
           state: the network state; dtype: if given, the dtype every leaf must have.
 
         Raises:
-          TypeError / ValueError as `check_params`, naming the path, e.g. state['bn1']['mean'].
+          TypeError / ValueError: as `check_params`, naming the path, e.g.
+            `state['bn1']['mean']`.
         """
         self._check_tree("state", state, self.state_shapes, dtype, partial=True)
 
@@ -268,8 +269,9 @@ class Network:
           y: the labels.
 
         Raises:
-          TypeError: x or y is not an array. ValueError: y has the wrong shape or dtype, or
-          (eagerly) a value that is NaN, infinite or out of range; the message names y.
+          TypeError: x or y is not an array.
+          ValueError: y has the wrong shape or dtype, or (eagerly) a value that is NaN,
+            infinite or out of range; the message names y.
         """
         self.check_input(x)
         n = x.shape[0]

@@ -90,7 +90,7 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
 
     Raises:
       ValueError / TypeError: a bad argument (naming it), an unknown model, or a sabotaged rule
-      the model never calls.
+        the model never calls.
     """
     batch, fd_per_leaf, seed = _check_args(dtype, batch, fd_per_leaf, seed, jitter, sabotage)
     if dtype == "float64":

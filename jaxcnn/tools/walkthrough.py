@@ -79,8 +79,9 @@ def load_image(path: str | Path) -> np.ndarray:
       the image as a float64 (6, 6) array.
 
     Raises:
-      OSError (naming the path) if it cannot be opened; ValueError naming the path if it is
-      empty, not a .npy file, truncated or damaged, or not a 6x6 array of finite numbers.
+      OSError: naming the path, if it cannot be opened.
+      ValueError: naming the path, if it is empty, not a .npy file, truncated or damaged, or
+        not a 6x6 array of finite numbers.
     """
     with open(path, "rb") as f:  # FileNotFoundError, IsADirectoryError: they name the path
         magic = f.read(6)

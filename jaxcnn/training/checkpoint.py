@@ -143,7 +143,8 @@ def load_meta(path: str | Path) -> dict[str, Any]:
       the meta dict (with `ARRAYS_SHA256`).
 
     Raises:
-      FileNotFoundError, or CheckpointError as `load` (but the arrays are not checked).
+      FileNotFoundError: if `path` does not exist.
+      CheckpointError: as `load` (but the arrays are not checked).
     """
     return _read(Path(path), arrays=False)[0]
 
@@ -175,9 +176,10 @@ def load(path: str | Path, like: Any) -> tuple[Any, dict[str, Any]]:
       (the tree, the meta).
 
     Raises:
-      FileNotFoundError if `path` does not exist; CheckpointError (a ValueError) naming the file
-      if it is empty, truncated or corrupt (its arrays fail the recorded sha256), not a jaxcnn
-      checkpoint, or does not match the template (another model, optimizer or dtype).
+      FileNotFoundError: if `path` does not exist.
+      CheckpointError: (a ValueError) naming the file, if it is empty, truncated or corrupt
+        (its arrays fail the recorded sha256), not a jaxcnn checkpoint, or does not match the
+        template (another model, optimizer or dtype).
     """
     path = Path(path)
     meta, stored = _read(path, arrays=True)

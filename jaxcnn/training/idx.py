@@ -44,7 +44,8 @@ def read_idx(path: str | Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
       int8, int16, int32, float32, float64).
 
     Raises:
-      ValueError naming `path` for anything malformed; FileNotFoundError if it is absent.
+      ValueError: naming `path`, for anything malformed.
+      FileNotFoundError: if it is absent.
     """
     path = Path(path)
     with open(path, "rb") as raw_file:

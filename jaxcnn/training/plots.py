@@ -30,7 +30,7 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
       (step records, epoch records), in file order.
 
     Raises:
-      ValueError naming the file and the line of a line that is not a metrics record.
+      ValueError: naming the file and the line of a line that is not a metrics record.
     """
     records = [record for _, record in rundir.read_metrics(Path(path))[0]]
     return ([r for r in records if r["kind"] == "step"],

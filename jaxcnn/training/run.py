@@ -194,8 +194,9 @@ def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
       "params" and "state"; {"stopped_at_step": n} if `stop_after_steps` ended it.
 
     Raises:
-      ValueError / TypeError for bad settings or a directory that cannot be used;
-      TrainingStoppedError on divergence or a failed --check-grads; Interrupted on Ctrl-C.
+      ValueError / TypeError: bad settings, or a directory that cannot be used.
+      TrainingStoppedError: divergence, or a failed --check-grads.
+      Interrupted: Ctrl-C.
     """
     cfg.validate()
     out, log = Path(out), _safe(log)

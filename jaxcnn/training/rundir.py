@@ -43,7 +43,7 @@ def locked(out: Path) -> Iterator[None]:
       out: the run directory (it must exist).
 
     Raises:
-      RunDirError naming the holder's pid if another process holds the lock.
+      RunDirError: naming the holder's pid, if another process holds the lock.
     """
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -171,8 +171,8 @@ def check_resumable(ckpt: Path, meta: dict[str, Any], config: dict[str, Any], da
       (epoch, step) after which the checkpoint was written.
 
     Raises:
-      RunDirError naming every setting that differs (only `MAY_CHANGE_ON_RESUME` may), other
-      data, or an --epochs below the checkpoint's epoch.
+      RunDirError: naming every setting that differs (only `MAY_CHANGE_ON_RESUME` may), other
+        data, or an --epochs below the checkpoint's epoch.
     """
     saved, epoch, step = meta.get("config"), meta.get("epoch"), meta.get("step")
     if not isinstance(saved, dict) or not isinstance(epoch, int) or not isinstance(step, int):
@@ -210,8 +210,8 @@ def read_metrics(path: Path, *, drop_partial_tail: bool = False
       ([(line, record)], the number of the dropped line or None).
 
     Raises:
-      RunDirError naming the file and the line of a line that is not a JSON record with an int
-      "epoch" and a "kind" of "step" or "epoch".
+      RunDirError: naming the file and the line of a line that is not a JSON record with an
+        int "epoch" and a "kind" of "step" or "epoch".
     """
     text = path.read_bytes().decode("utf-8", errors="replace")
     rows = text.split("\n")

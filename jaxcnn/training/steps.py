@@ -37,7 +37,7 @@ def accuracy(model: Network, logits: Array, y: Array) -> Array:
 
 
 def layer_norms(g: Params) -> dict[str, Array]:
-    """The L2 norm of each layer's gradient: {layer name: ||dL/dparams_layer||}."""
+    """The L2 norm of each layer's gradient: {layer name: ||dL/dparams_layer||, shape ()}."""
     return {name: optax.tree_utils.tree_norm(leaf) for name, leaf in g.items()}
 
 
@@ -46,7 +46,8 @@ def update_and_metrics(model: Network, optimizer: optax.GradientTransformation, 
                        axis_name: str | None = None) -> tuple[Params, State, Any, dict]:
     """The optimizer update and the step's metrics, shared by the single-device and the
     data-parallel step. old: (params, state, opt_state) before the step; loss and g: the
-    global batch's (already averaged over `axis_name`); logits, y: this device's.
+    global batch's (already averaged over `axis_name`); logits (N, K), or (N, 1) for a binary
+    head, and y (N,): this device's.
 
     A non-finite loss or gradient keeps `old` (optax.apply_if_finite's rule, without its
     counter)."""
@@ -108,7 +109,8 @@ def make_eval_step(model: Network) -> Callable:
 
 def evaluate(model: Network, params: Params, state: State, x: Any, y: Any,
              batch_size: int = 512, eval_step: Callable | None = None) -> dict[str, float]:
-    """Loss and accuracy over a whole dataset, in batches (the last one may be smaller)."""
+    """Loss and accuracy over a whole dataset x (N, H, W, C), y (N,), in batches (the last one
+    may be smaller)."""
     n = len(x)
     if n == 0:
         raise ValueError("evaluate: the dataset is empty; nothing to evaluate")
