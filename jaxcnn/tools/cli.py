@@ -1,6 +1,6 @@
 """The `jaxcnn` command line: one subcommand per registered `Command`.
 
-    jaxcnn train [--model NAME] [--data digits|synthetic|mnist:DIR|fashion:DIR] [--grad ...] ...
+    jaxcnn train [--model NAME] [--data digits|digits32|synthetic|mnist:DIR|cifar10:DIR] ...
     jaxcnn walkthrough [--seed N] [--label {0,1}] [--image FILE.npy] [--plot FILE.png] [--json]
     jaxcnn gradcheck --model NAME [--dtype float64|float32] [--batch N] [--seed N] [--train]
     jaxcnn bench [--against torch] [--impl conv,gemm,auto] [--networks seed:1,lenet5:128]
@@ -234,8 +234,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(models.MODELS)} (lenet5 takes 28x28 MNIST images, "
                    f"lenet5-digits the bundled 8x8 digits), or your own as module.path:function "
                    f"returning a jaxcnn Network (imported from the current directory)")
-    p.add_argument("--data", default=d.data, help="digits (bundled), synthetic (6x6 bars for "
-                   "the seed net), mnist:DIR or fashion:DIR (IDX files, raw or .gz)")
+    p.add_argument("--data", default=d.data, help="digits (bundled), digits32 (the digits at "
+                   "32x32x3, for resnet20), synthetic (6x6 bars for the seed net), mnist:DIR or "
+                   "fashion:DIR (IDX files, raw or .gz), cifar10:DIR (the python batches)")
     p.add_argument("--grad", default=d.grad, choices=grads.GRADS,
                    help="hand-written backward pass or jax.grad")
     p.add_argument("--impl", default="conv", choices=models.IMPLS,

@@ -5,8 +5,9 @@ Multi-class labels are int32 class ids `(N,)`; the binary synthetic set has floa
 `(N,)` in the image dtype. Images are standardised with one scalar mean and std taken from the
 TRAIN split only (population std, computed in float64), so no test statistics leak into training.
 
-Sources: scikit-learn's bundled 8x8 digits, MNIST / Fashion-MNIST from IDX files the user already
-has on disk, and a synthetic bar-orientation task sized for the 6x6 seed network.
+Sources: scikit-learn's bundled 8x8 digits (also scaled to 32x32 RGB), MNIST / Fashion-MNIST from
+IDX files and CIFAR-10 from its python batches the user already has on disk, and a synthetic
+bar-orientation task sized for the 6x6 seed network (more in jaxcnn.training.synthetic).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.training.cifar import read_cifar10
 from jaxcnn.training.idx import read_idx
 
 __all__ = [
-    "Dataset", "batches", "fingerprint", "load", "load_digits", "load_idx_dir", "num_batches",
-    "read_idx", "synthetic_bars",
+    "Dataset", "batches", "digits32", "fingerprint", "load", "load_cifar10", "load_digits",
+    "load_idx_dir", "num_batches", "read_idx", "synthetic_bars",
 ]
 
-SPEC_FORMS = "'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR'"
+SPEC_FORMS = "'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR', 'digits32', 'cifar10:DIR'"
 MAX_SEED = 2 ** 32 - 1  # scikit-learn's random_state and NumPy's legacy seeds stop here
 
 
@@ -132,6 +134,22 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0, dtype: Any = np.float
                    x_te.reshape(-1, 8, 8, 1), y_te.astype(np.int32), "digits", 10)
 
 
+def digits32(seed: int = 0, dtype: Any = np.float32) -> Dataset:
+    """The 8x8 digits of `load_digits` as 32x32 RGB images, the input resnet20 takes by default.
+
+    Each pixel becomes a 4x4 block (nearest neighbour) and the one channel is repeated 3 times.
+    Split and standardisation are `load_digits(seed=seed)`'s, unchanged (every value repeated 48
+    times keeps the train mean 0 and std 1). Returns x: (N, 32, 32, 3) `dtype`, y: (N,) int32 in
+    0..9, 10 classes, name "digits32".
+    """
+    d = load_digits(seed=seed, dtype=dtype)
+
+    def up(x: np.ndarray) -> np.ndarray:  # (N, 8, 8, 1) -> (N, 32, 32, 3)
+        return np.repeat(np.repeat(np.repeat(x, 4, axis=1), 4, axis=2), 3, axis=3)
+
+    return Dataset(up(d.x_train), d.y_train, up(d.x_test), d.y_test, "digits32", 10)
+
+
 # ----------------------------------------------------------------------------- IDX files
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -196,6 +214,22 @@ def load_idx_dir(directory: str | Path, name: str = "mnist", seed: int = 0,
     x_tr, x_te = _standardise(tr, te, 1.0 / 255.0, dt)
     return Dataset(x_tr[..., None], arrays["train_labels"].astype(np.int32),
                    x_te[..., None], arrays["test_labels"].astype(np.int32), name, 10)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+def load_cifar10(directory: str | Path, seed: int = 0, dtype: Any = np.float32) -> Dataset:
+    """CIFAR-10 from its python batches in `directory` (see `jaxcnn.training.cifar`: read with a
+    restricted unpickler that runs nothing; never downloaded).
+
+    The official 50k/10k split is kept; `seed` is unused (a uniform loader signature). Pixels
+    0..255 are scaled to [0, 1], then standardised with ONE scalar train mean / std over all three
+    channels, like every loader here (not per channel). Returns x: (N, 32, 32, 3) `dtype`, y: (N,)
+    int32 in 0..9, 10 classes, name "cifar10".
+    """
+    dt = _float_dtype(dtype)
+    x_tr, y_tr, x_te, y_te = read_cifar10(directory)
+    x_tr, x_te = _standardise(x_tr, x_te, 1.0 / 255.0, dt)
+    return Dataset(x_tr, y_tr, x_te, y_te, "cifar10", 10)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -288,7 +322,8 @@ def fingerprint(ds: Dataset) -> str:
 
 # ----------------------------------------------------------------------------- CLI
 def load(spec: str, seed: int = 0, dtype: Any = np.float32) -> Dataset:
-    """Dataset from its CLI form: 'digits', 'synthetic', 'mnist:DIR' or 'fashion:DIR'."""
+    """Dataset from its CLI form: 'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR', 'digits32'
+    or 'cifar10:DIR'."""
     if not isinstance(spec, str):
         raise TypeError(f"the dataset spec must be a str, one of {SPEC_FORMS}; got {spec!r}")
     kind, sep, arg = spec.partition(":")
@@ -298,4 +333,8 @@ def load(spec: str, seed: int = 0, dtype: Any = np.float32) -> Dataset:
         return synthetic_bars(seed=seed, dtype=dtype)
     if kind in ("mnist", "fashion") and arg:
         return load_idx_dir(arg, name=kind, seed=seed, dtype=dtype)
+    if kind == "digits32" and not sep:
+        return digits32(seed=seed, dtype=dtype)
+    if kind == "cifar10" and arg:
+        return load_cifar10(arg, seed=seed, dtype=dtype)
     raise ValueError(f"unknown dataset spec {spec!r}; expected one of {SPEC_FORMS}")
