@@ -53,7 +53,7 @@ CASES = [
     ("pool-stride-zero", lambda: F.avg_pool(x, window=2, stride=(0, 1)), ValueError, "avg_pool: stride must be >= 1"),
     ("pool-window-too-big", lambda: F.max_pool(x, window=7), ValueError, "max_pool: the window spans (7, 7) but the padded input is only (6, 6)"),
     ("pool-pad-too-big", lambda: F.l2_pool(x, window=2, padding=2), ValueError, "l2_pool: padding ((2, 2), (2, 2)) must be smaller than the window (2, 2)"),
-    ("pool-x-rank", lambda: F.avg_pool(x[..., 0]), ValueError, "avg_pool: x must be a 4-D array (N, H, W, C)"),
+    ("pool-x-rank", lambda: F.avg_pool(x[0, ..., 0]), ValueError, "avg_pool: x must be (N, *spatial, C) with 1, 2 or 3 spatial axes (rank 3 to 5); got shape (6, 6)"),
     ("pool-dy", lambda: B.max_pool(np.zeros((2, 2, 2, 3)), x), ValueError, "backward.max_pool: dy has shape (2, 2, 2, 3) but the forward output has shape (2, 3, 3, 3)"),
     ("pool-padding-string", lambda: F.max_pool(x, padding="same-ish"), ValueError, "max_pool: padding must be"),
     # activations

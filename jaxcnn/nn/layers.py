@@ -32,9 +32,9 @@ import jax.numpy as jnp
 
 from jaxcnn import _geometry, backward, forward
 from jaxcnn._geometry import Padding
-from jaxcnn.backward.norm import normalized
+from jaxcnn.backward.norm import group_normalized, layer_normalized, normalized
 from jaxcnn.forward.conv import check_impl
-from jaxcnn.forward.norm import normalize
+from jaxcnn.forward.norm import group_normalize, layer_normalize, normalize
 
 Array = jax.Array
 Shape = tuple[int, ...]
@@ -187,11 +187,83 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
                  {"kind": "BatchNorm", "momentum": momentum, "eps": eps})
 
 
+def _per_example_norm(kind: str, name: str, eps: float, check: Callable, fwd: Callable,
+                      bwd: Callable, **opts: Any) -> Layer:
+    """A normalisation with per-channel gamma and beta whose statistics are each example's own
+    (no batch statistics, no state; training and evaluation alike): `check(label, x, gamma,
+    beta, *opts, eps)` (`jaxcnn._geometry`), `fwd(x, gamma, beta, *opts, eps) -> (y, x_hat,
+    inv_sigma)` (`jaxcnn.forward.norm`), `bwd(dy, x_hat, inv_sigma, gamma, **opts) -> (dx,
+    dgamma, dbeta)` (`jaxcnn.backward.norm`); the residual keeps x_hat and 1/sigma, so backward
+    recomputes nothing."""
+    label = f"{kind} {name!r}"
+
+    def init(key, in_shape, dtype):
+        c = in_shape[-1]
+        params = {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
+        check(label, jax.ShapeDtypeStruct((1, *in_shape), dtype), params["gamma"],
+              params["beta"], *opts.values(), eps)
+        return in_shape, params, {}
+
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
+        check(label, x, params["gamma"], params["beta"], *opts.values(), eps)
+        y, x_hat, inv_sigma = fwd(x, params["gamma"], params["beta"], *opts.values(), eps)
+        return y, state, {"x_hat": x_hat, "inv_sigma": inv_sigma}
+
+    def backward_(dy, params, x, residual):
+        dx, dgamma, dbeta = bwd(dy, residual["x_hat"], residual["inv_sigma"], params["gamma"],
+                                **opts)
+        return dx, {"gamma": dgamma, "beta": dbeta}
+
+    return Layer(name, init, apply, backward_, {"kind": kind, **opts, "eps": eps})
+
+
+def GroupNorm(groups: int, *, eps: float = 1e-5, name: str = "groupnorm") -> Layer:
+    """Group normalization (Wu & He 2018): the C channels in `groups` consecutive groups, each
+    (example, group) normalised over its spatial positions and channels, M = H * W * C / G
+    elements: `y = gamma * (x - mu) / sqrt(var + eps) + beta` (`forward.group_norm`).
+
+    Each example is normalised on its own, so unlike BatchNorm it neither mixes the examples of
+    a batch nor keeps running averages: per-example gradients (DP-SGD) stay per example, and
+    training and evaluation compute the same thing. With x_hat, sigma per (example, group) and
+    dx_hat = gamma * dy: dx = (1/sigma) (dx_hat - mean(dx_hat) - x_hat mean(dx_hat x_hat)),
+    the means over each group's M elements; dgamma = sum dy x_hat, dbeta = sum dy.
+
+    Args:
+      groups: an int >= 1 dividing the input's channels (1: LayerNorm over H, W and C; C:
+        InstanceNorm).
+      eps: added to the variance.
+      name: the layer's name.
+
+    Returns:
+      A Layer (..., C) -> (..., C) with params {"gamma": (C,), "beta": (C,)} and no state.
+    """
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"GroupNorm {name!r}: groups must be an int >= 1; got {groups!r}")
+    return _per_example_norm("GroupNorm", name, eps, _geometry.group_norm, group_normalize,
+                             group_normalized, groups=groups)
+
+
+def LayerNorm(*, eps: float = 1e-5, name: str = "layernorm") -> Layer:
+    """Layer normalization over the channel axis (torch's `F.layer_norm(x, (C,))` channels-last):
+    at every position of every example, `y = gamma * (x - mu) / sqrt(var + eps) + beta` with mu
+    and var over its C channels (`forward.layer_norm`). The rule is GroupNorm's with the means
+    over the C channels of one position.
+
+    Args:
+      eps: added to the variance; name: the layer's name.
+
+    Returns:
+      A Layer (..., C) -> (..., C) with params {"gamma": (C,), "beta": (C,)} and no state.
+    """
+    return _per_example_norm("LayerNorm", name, eps, _geometry.layer_norm, layer_normalize,
+                             layer_normalized)
+
+
 # ----------------------------------------------------------------------------- without parameters
 def Dropout(rate: float, *, name: str = "dropout") -> Layer:
     """Inverted dropout: in training each element is zeroed with probability `rate` and the rest
     scaled by 1 / (1 - rate); evaluation is the identity. The backward reuses the forward's mask:
-    dx = dy * mask / (1 - rate)."""
+    dx = dy * mask / (1 - rate). Any shape: (H, W, C) -> the same shape."""
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"Dropout {name!r}: rate is the drop probability and must be in "
                          f"[0, 1); got {rate}")
@@ -220,7 +292,7 @@ def Flatten(*, name: str = "flatten") -> Layer:
 
 def MaxPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
             padding: Padding = "VALID", *, name: str = "maxpool") -> Layer:
-    """Max pooling; stride None means = window."""
+    """Max pooling, (H, W, C) -> (O_h, O_w, C) (`forward.max_pool`); stride None means = window."""
     return _no_params("MaxPool", name, forward.max_pool, backward.max_pool, window=window,
                       stride=stride, padding=padding)
 
@@ -228,20 +300,34 @@ def MaxPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | N
 def AvgPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
             padding: Padding = "VALID", *, count_include_pad: bool = True,
             name: str = "avgpool") -> Layer:
-    """Average pooling; stride None means = window."""
+    """Average pooling, (H, W, C) -> (O_h, O_w, C) (`forward.avg_pool`); stride None: = window."""
     return _no_params("AvgPool", name, forward.avg_pool, backward.avg_pool, window=window,
                       stride=stride, padding=padding, count_include_pad=count_include_pad)
 
 
 def L2Pool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
            padding: Padding = "VALID", *, name: str = "l2pool") -> Layer:
-    """L2-norm pooling; stride None means = window."""
+    """L2-norm pooling, (H, W, C) -> (O_h, O_w, C) (`forward.l2_pool`); stride None: = window."""
     return _no_params("L2Pool", name, forward.l2_pool, backward.l2_pool, window=window,
                       stride=stride, padding=padding)
 
 
+def GlobalAvgPool(*, name: str = "global_avg_pool") -> Layer:
+    """(H, W, C) -> (C,): the mean over the S = H * W positions of each channel
+    (`forward.global_avg_pool`); dx = dy / S at every position."""
+    return _no_params("GlobalAvgPool", name, forward.global_avg_pool, backward.global_avg_pool)
+
+
+def Upsample(scale: int | tuple[int, int] = 2, *, name: str = "upsample") -> Layer:
+    """Nearest-neighbour upsampling, (H, W, C) -> (H * s_h, W * s_w, C): every element repeated
+    `scale` times along each spatial axis (`forward.upsample_nearest`); dx sums dy over each
+    s_h x s_w block."""
+    return _no_params("Upsample", name, forward.upsample_nearest, backward.upsample_nearest,
+                      scale=scale)
+
+
 def ReLU(*, name: str = "relu") -> Layer:
-    """max(x, 0). The backward reads its mask off the output, `y > 0` exactly where `x > 0`
+    """max(x, 0), (H, W, C) -> the same shape. The backward reads its mask off the output, `y > 0` exactly where `x > 0`
     (micrograd's `(out.data > 0) * out.grad`): the step then needs only A = relu(Z), which it
     keeps anyway, and XLA has no reason to recompute Z (on the CPU it did, inside the pooling
     backward's fusion, costing LeNet-5's step ~25%: experiments/PERFORMANCE.md)."""
@@ -258,13 +344,16 @@ def ReLU(*, name: str = "relu") -> Layer:
 
 
 def LeakyReLU(negative_slope: float = 0.01, *, name: str = "leaky_relu") -> Layer:
+    """x where x >= 0, else negative_slope * x; (H, W, C) -> the same shape."""
     return _no_params("LeakyReLU", name, forward.leaky_relu, backward.leaky_relu,
                       negative_slope=negative_slope)
 
 
 def Sigmoid(*, name: str = "sigmoid") -> Layer:
+    """1 / (1 + exp(-x)); (H, W, C) -> the same shape."""
     return _no_params("Sigmoid", name, forward.sigmoid, backward.sigmoid)
 
 
 def Tanh(*, name: str = "tanh") -> Layer:
+    """tanh(x); (H, W, C) -> the same shape."""
     return _no_params("Tanh", name, forward.tanh, backward.tanh)

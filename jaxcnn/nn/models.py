@@ -1,4 +1,5 @@
-"""The networks: the worked example's 15-parameter CNN, LeNet-5, a deeper CNN, a CIFAR-shaped CNN.
+"""The networks: the worked example's 15-parameter CNN, LeNet-5, a deeper CNN, a CIFAR-shaped CNN,
+and the CIFAR ResNet-20 (He et al. 2016) with BatchNorm or GroupNorm.
 
 Each function returns a `jaxcnn.nn.network.Network`; `get(name)` looks one up by its CLI name.
 `impl` ("conv", "gemm", "auto") is the formulation of every convolution of the model (see
@@ -10,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxcnn.forward.conv import IMPLS
+from jaxcnn.nn.combinators import Residual, Serial
 from jaxcnn.nn.layers import (
     BatchNorm,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool,
+    GroupNorm,
+    Layer,
     MaxPool,
     ReLU,
 )
@@ -110,8 +115,81 @@ def cifar_cnn(num_classes: int = 10, *, impl: str = "conv") -> Network:
     ], (32, 32, 3), SOFTMAX)
 
 
-__all__ = ["IMPLS", "MODELS", "cifar_cnn", "deep_cnn", "get", "lenet5", "lenet5_digits",
-           "seed_cnn"]
+# ----------------------------------------------------------------------------- ResNet-20
+NORMS = ("batch", "group")
+GN_GROUPS = 8  # GroupNorm's groups in resnet20(norm="group"): min(8, C), 2 / 4 / 8 channels each
+
+
+def _norm(norm: str, channels: int, name: str) -> Layer:
+    """BatchNorm, or GroupNorm with min(GN_GROUPS, C) groups (C = 16, 32, 64 here: 8 groups)."""
+    if norm == "batch":
+        return BatchNorm(name=name)
+    return GroupNorm(min(GN_GROUPS, channels), name=name)
+
+
+def _basic_block(c_in: int, c_out: int, stride: int, norm: str, impl: str, name: str) -> Layer:
+    """He et al.'s basic block without its final ReLU: f = conv 3x3 (stride) -> norm -> ReLU ->
+    conv 3x3 -> norm, added to the shortcut: the identity, or, where the block changes the
+    shape (stride 2, more filters), the projection conv 1x1 stride 2 -> norm ("option B")."""
+    f = Serial(
+        Conv2D(c_out, 3, stride=stride, padding=1, use_bias=False, impl=impl, name="conv1"),
+        _norm(norm, c_out, "norm1"), ReLU(name="relu1"),
+        Conv2D(c_out, 3, padding=1, use_bias=False, impl=impl, name="conv2"),
+        _norm(norm, c_out, "norm2"), name="f")
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = Serial(Conv2D(c_out, 1, stride=stride, use_bias=False, impl=impl, name="conv"),
+                          _norm(norm, c_out, "norm"), name="projection")
+    return Residual(f, shortcut, name=name)
+
+
+def resnet20(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32, 3), *,
+             norm: str = "batch", impl: str = "conv") -> Network:
+    """ResNet-20, the CIFAR variant of He et al. 2016 (section 4.2, n = 3): 272,474 parameters.
+
+    conv 3x3, 16 (no bias) -> norm -> ReLU; three stages of three basic blocks with 16, 32 and
+    64 filters (32x32 -> 16x16 -> 8x8), each block `Residual(conv 3x3 -> norm -> ReLU ->
+    conv 3x3 -> norm, shortcut)` followed by a ReLU; the first block of stages 2 and 3 has
+    stride 2 and a projection shortcut (conv 1x1 stride 2 + norm); global average pooling ->
+    dense num_classes. Every 3x3 convolution pads 1 (SAME for stride 1; stride 2 halves the map,
+    rounding up); convolutions have no bias (the norm after each subtracts the mean).
+
+    Layers: conv, norm, relu, stage{s}_block{b} and stage{s}_block{b}_relu for s, b in 1..3,
+    pool, dense; a block's params {"f": {"conv1", "norm1", "conv2", "norm2"}, "shortcut":
+    {"conv", "norm"}} (shortcut only in stage2_block1 and stage3_block1).
+    Parameters, 10 classes: 272,474 (the paper's 0.27M; its option A, zero-padded identity
+    shortcuts, would have 269,722): 432 + 32 (stem), 14,016 (stage 1), 51,648 (stage 2),
+    205,696 (stage 3), 650 (dense); the same for both norms.
+
+    Args:
+      num_classes: the logits of the softmax head.
+      input_shape: (H, W, C) of one image.
+      norm: "batch" (BatchNorm, the paper's) or "group" (GroupNorm, min(8, C) groups: each
+        example normalised on its own, for per-example gradients and DP-SGD, which BatchNorm's
+        batch statistics rule out).
+      impl: the formulation of every convolution ("conv", "gemm", "auto").
+
+    Returns:
+      The Network "resnet20" (norm="batch") or "resnet20_gn".
+    """
+    if norm not in NORMS:
+        raise ValueError(f"resnet20: norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    layers = [Conv2D(16, 3, padding=1, use_bias=False, impl=impl, name="conv"),
+              _norm(norm, 16, "norm"), ReLU(name="relu")]
+    c_in = 16
+    for stage, c_out in enumerate((16, 32, 64), start=1):
+        for block in range(1, 4):
+            stride = 2 if stage > 1 and block == 1 else 1
+            name = f"stage{stage}_block{block}"
+            layers += [_basic_block(c_in, c_out, stride, norm, impl, name),
+                       ReLU(name=f"{name}_relu")]
+            c_in = c_out
+    layers += [GlobalAvgPool(name="pool"), Dense(num_classes, name="dense")]
+    return Network("resnet20" if norm == "batch" else "resnet20_gn", layers, input_shape, SOFTMAX)
+
+
+__all__ = ["IMPLS", "MODELS", "NORMS", "cifar_cnn", "deep_cnn", "get", "lenet5", "lenet5_digits",
+           "resnet20", "seed_cnn"]
 
 MODELS: dict[str, Callable[..., Network]] = {
     "seed": seed_cnn,
@@ -120,6 +198,8 @@ MODELS: dict[str, Callable[..., Network]] = {
     "deep": deep_cnn,
     "deep-digits": lambda **kw: deep_cnn((8, 8, 1), **kw),
     "cifar": cifar_cnn,
+    "resnet20": resnet20,
+    "resnet20-gn": lambda **kw: resnet20(norm="group", **kw),
 }
 
 

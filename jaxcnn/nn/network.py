@@ -24,7 +24,12 @@ from jaxcnn.nn.layers import Layer
 Array = jax.Array
 Params = dict[str, dict[str, Array]]
 State = dict[str, dict[str, Array]]
-Shapes = dict[str, dict[str, tuple[int, ...]]]  # {layer name: {leaf name: shape}}
+Shapes = dict[str, dict[str, Any]]  # {layer name: {leaf name: shape, or a nested dict of them}}
+
+
+def _needs(leaves: dict[str, Any]) -> str:
+    """'w' (3, 3, 1, 1), 'b' (1,): what a layer's entry must hold."""
+    return ", ".join(f"{k!r} {v}" for k, v in leaves.items())
 
 
 class Head(NamedTuple):
@@ -93,10 +98,9 @@ class Network:
                                                jax.random.key(0))
         self.output_shape = tuple(shapes[-1].shape)
         self.shapes = [tuple(s.shape) for s in shapes]  # per layer output, one example
-        self.param_shapes: Shapes = {n: {k: tuple(v.shape) for k, v in p.items()}
-                                     for n, p in params.items()}
-        self.state_shapes: Shapes = {n: {k: tuple(v.shape) for k, v in s.items()}
-                                     for n, s in state.items()}
+        # nested where a layer is a block (jaxcnn.nn.combinators): {block: {sub: {leaf: shape}}}
+        self.param_shapes: Shapes = jax.tree.map(lambda v: tuple(v.shape), params)
+        self.state_shapes: Shapes = jax.tree.map(lambda v: tuple(v.shape), state)
         self._kinds = {layer.name: layer.spec.get("kind", "layer") for layer in self.layers}
         # one compiled program per dtype initialises every layer (not one per random op)
         self._jit_init = jax.jit(lambda k, dtype: self._init(k, dtype)[0], static_argnums=1)
@@ -208,43 +212,50 @@ class Network:
             raise ValueError(f"{name}: {what}[{layer!r}] names no layer of this model; the layers "
                              f"with {what} are {owners}")
 
-        def needs(layer: str) -> str:
-            return ", ".join(f"{k!r} {v}" for k, v in expected[layer].items())
-
         for layer, leaves in expected.items():
             if layer not in tree:
                 if partial:
                     continue
                 raise ValueError(f"{name}: {what}[{layer!r}] is missing; layer {layer!r} "
-                                 f"({kinds[layer]}) needs {needs(layer)}")
-            entry = tree[layer]
-            if not isinstance(entry, Mapping):
-                raise TypeError(f"{name}: {what}[{layer!r}] must be a dict of arrays "
-                                f"({', '.join(map(repr, leaves))}); got {type(entry).__name__}")
-            if partial and not entry:
+                                 f"({kinds[layer]}) needs {_needs(leaves)}")
+            self._check_entry(f"{what}[{layer!r}]", tree[layer], leaves, layer, dtype, partial)
+
+    def _check_entry(self, path: str, entry: Any, leaves: dict[str, Any], layer: str, dtype: Any,
+                     partial: bool) -> None:
+        """One layer's entry (or, inside a block, one sub-layer's) against its expected shapes;
+        a nested dict of shapes is checked the same way, one level down."""
+        name, kind = self.name, self._kinds[layer]
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"{name}: {path} must be a dict of arrays "
+                            f"({', '.join(map(repr, leaves))}); got {type(entry).__name__}")
+        if partial and not entry:
+            return
+        for leaf in entry:
+            if leaf not in leaves:
+                raise ValueError(f"{name}: {path}[{leaf!r}] is not a leaf of layer {layer!r} "
+                                 f"({kind}), which has {', '.join(map(repr, leaves))}")
+        for leaf, shape in leaves.items():
+            sub = f"{path}[{leaf!r}]"
+            if leaf not in entry:
+                if partial and isinstance(shape, dict):
+                    continue  # a sub-layer's state left out: it starts from its initial one
+                raise ValueError(f"{name}: {sub} is missing; layer {layer!r} ({kind}) needs "
+                                 f"{_needs(leaves)}")
+            if isinstance(shape, dict):
+                self._check_entry(sub, entry[leaf], shape, layer, dtype, partial)
                 continue
-            for leaf in entry:
-                if leaf not in leaves:
-                    raise ValueError(f"{name}: {what}[{layer!r}][{leaf!r}] is not a leaf of layer "
-                                     f"{layer!r} ({kinds[layer]}), which has "
-                                     f"{', '.join(map(repr, leaves))}")
-            for leaf, shape in leaves.items():
-                path = f"{what}[{layer!r}][{leaf!r}]"
-                if leaf not in entry:
-                    raise ValueError(f"{name}: {path} is missing; layer {layer!r} "
-                                     f"({kinds[layer]}) needs {needs(layer)}")
-                v = entry[leaf]
-                if not hasattr(v, "shape") or not hasattr(v, "dtype"):
-                    raise TypeError(f"{name}: {path} must be an array of shape {shape}; got "
-                                    f"{type(v).__name__}")
-                if not jnp.issubdtype(v.dtype, jnp.floating):
-                    raise TypeError(f"{name}: {path} must have a floating dtype; got {v.dtype}")
-                if dtype is not None and jnp.dtype(v.dtype) != jnp.dtype(dtype):
-                    raise TypeError(f"{name}: {path} is {v.dtype} but x is {jnp.dtype(dtype)}; "
-                                    f"the network computes in one dtype (init it with x's)")
-                if tuple(v.shape) != shape:
-                    raise ValueError(f"{name}: {path} has shape {tuple(v.shape)} but the layer "
-                                     f"needs {shape}")
+            v = entry[leaf]
+            if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+                raise TypeError(f"{name}: {sub} must be an array of shape {shape}; got "
+                                f"{type(v).__name__}")
+            if not jnp.issubdtype(v.dtype, jnp.floating):
+                raise TypeError(f"{name}: {sub} must have a floating dtype; got {v.dtype}")
+            if dtype is not None and jnp.dtype(v.dtype) != jnp.dtype(dtype):
+                raise TypeError(f"{name}: {sub} is {v.dtype} but x is {jnp.dtype(dtype)}; "
+                                f"the network computes in one dtype (init it with x's)")
+            if tuple(v.shape) != shape:
+                raise ValueError(f"{name}: {sub} has shape {tuple(v.shape)} but the layer "
+                                 f"needs {shape}")
 
     def check_labels(self, x: Any, y: Any) -> None:
         """y must be (N,) labels: 0./1. floats for a binary head, int class ids otherwise.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from jaxcnn.forward.conv import per_example_rule
+from jaxcnn.nn.combinators import kinds
 from jaxcnn.nn.grads import manual_grad
 from jaxcnn.nn.network import Network, Params, State
 
@@ -31,7 +32,7 @@ def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
     """
     model.check_input(x)
     model.check_labels(x, y)
-    if train and any(layer.spec.get("kind") == "BatchNorm" for layer in model.layers):
+    if train and any("BatchNorm" in kinds(layer) for layer in model.layers):
         raise ValueError(f"per_example_grads: {model.name} has BatchNorm, which mixes the "
                          f"examples of a batch in training mode; use GroupNorm or LayerNorm, "
                          f"or train=False")
