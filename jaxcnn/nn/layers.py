@@ -327,10 +327,11 @@ def Upsample(scale: int | tuple[int, int] = 2, *, name: str = "upsample") -> Lay
 
 
 def ReLU(*, name: str = "relu") -> Layer:
-    """max(x, 0), (H, W, C) -> the same shape. The backward reads its mask off the output, `y > 0` exactly where `x > 0`
-    (micrograd's `(out.data > 0) * out.grad`): the step then needs only A = relu(Z), which it
-    keeps anyway, and XLA has no reason to recompute Z (on the CPU it did, inside the pooling
-    backward's fusion, costing LeNet-5's step ~25%: experiments/PERFORMANCE.md)."""
+    """max(x, 0), (H, W, C) -> the same shape. The backward reads its mask off the output,
+    `y > 0` exactly where `x > 0` (micrograd's `(out.data > 0) * out.grad`): the step then
+    needs only A = relu(Z), which it keeps anyway, and XLA has no reason to recompute Z (on the
+    CPU it did, inside the pooling backward's fusion, costing LeNet-5's step ~25%:
+    experiments/PERFORMANCE.md)."""
     base = _no_params("ReLU", name, forward.relu, backward.relu)
 
     def apply(params, state, x, *, train=False, key=None, axis_name=None):
