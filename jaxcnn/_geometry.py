@@ -8,6 +8,10 @@ validation and geometry are one thing, how a sum is computed is another.
 Geometry, per spatial axis (docs/design.md, "The rules"): input size `H`, window `k`, stride
 `s`, dilation `d`, pads `(lo, hi)`; `k_eff = (k - 1) * d + 1`; output
 `O = (H + lo + hi - k_eff) // s + 1`.
+
+The module is over 400 lines because it holds the checks of every op in one place (convolutions,
+transposed convolutions and pools on 1, 2 or 3 spatial axes, dense layers, norms, joins,
+losses), so that their messages keep one form; each block below is short and stands alone.
 """
 
 from __future__ import annotations
@@ -123,12 +127,16 @@ class Window(NamedTuple):
 
 def window(fn: str, in_hw: Pair, size: Pair, stride: Pair, dilation: Pair,
            pad_value: Padding, what: str = "kernel") -> Window:
-    """Resolve padding and check that the (dilated) window fits the padded input."""
+    """Resolve padding and check that the (dilated) window fits the padded input.
+
+    The number of spatial axes is len(in_hw): every argument has one entry per axis (two for
+    conv2d and the pools; `padding_n` resolves the padding forms of 1 and 3 axes).
+    """
     eff = tuple((k - 1) * d + 1 for k, d in zip(size, dilation))
-    pads = padding(fn, pad_value, in_hw, eff, stride)
+    pads = padding_n(fn, pad_value, in_hw, eff, stride)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
     if any(e > p for e, p in zip(eff, padded)):
-        dil = f" (dilated by {dilation})" if dilation != (1, 1) else ""
+        dil = f" (dilated by {dilation})" if any(d != 1 for d in dilation) else ""
         raise ValueError(
             f"{fn}: the {what} spans {eff}{dil} but the padded input is only {padded} "
             f"(input {in_hw}, padding {pads}); use a smaller {what} or more padding")
@@ -141,34 +149,166 @@ class Conv(NamedTuple):
     groups: int
     c_in: int
     c_out: int
-    out_shape: tuple[int, int, int, int]
+    out_shape: tuple[int, ...]  # (N, *O, C_out)
 
 
 def conv(fn: str, x: Any, w: Any, stride: Any, padding_: Padding, dilation: Any,
-         groups: Any, b: Any = None) -> Conv:
-    """Check a 2-D convolution's arguments: x (N, H, W, C_in), w (kh, kw, C_in // groups, C_out)."""
-    n, h, wd, c_in = array(fn, "x", x, 4, "(N, H, W, C)")
-    kh, kw, w_in, c_out = array(fn, "w", w, 4, "(kh, kw, C_in // groups, C_out) (HWIO)")
+         groups: Any, b: Any = None, *, spatial: int = 2) -> Conv:
+    """Check a convolution's arguments on `spatial` axes (2: conv2d): x (N, H, W, C_in),
+    w (kh, kw, C_in // groups, C_out); x (N, W, C_in), w (kw, ...) for 1; (N, D, H, W, C_in),
+    w (kd, kh, kw, ...) for 3 (`CONV_LAYOUTS`). The Window has one entry per spatial axis."""
+    x_layout, w_layout = CONV_LAYOUTS[spatial]
+    n, *in_sp, c_in = array(fn, "x", x, spatial + 2, x_layout)
+    w_shape = array(fn, "w", w, spatial + 2, w_layout)
+    *k, _, c_out = w_shape
     same_dtype(fn, x=x, w=w)
+    _conv_groups(fn, groups, c_in, c_out, w_shape)
+    _bias(fn, x, b, c_out)
+    win = window(fn, tuple(in_sp), tuple(k), tuple_n(fn, "stride", stride, spatial),
+                 tuple_n(fn, "dilation", dilation, spatial), padding_)
+    return Conv(win, int(groups), c_in, c_out, (n, *win.out_hw, c_out))
+
+
+# ---------------------------------------------------------------- convolutions on 1, 2 or 3 axes
+# conv1d / conv3d take the conv2d checks with one entry per spatial axis: an option is an int or
+# a tuple of n ints, (2,) for one axis, never (a, b); padding ((lo, hi),) per axis. Two axes go
+# through `pair` and `padding` themselves, so conv2d's messages and behaviour stay as they were.
+CONV_LAYOUTS = {  # spatial axes: (x's layout, w's layout)
+    1: ("(N, W, C)", "(kw, C_in // groups, C_out) (WIO)"),
+    2: ("(N, H, W, C)", "(kh, kw, C_in // groups, C_out) (HWIO)"),
+    3: ("(N, D, H, W, C)", "(kd, kh, kw, C_in // groups, C_out) (DHWIO)"),
+}
+_CONV_AXES = {1: "(w,)", 3: "(d, h, w)"}
+_CONV_PADS = {1: "(p,) or ((lo, hi),)", 3: "(pd, ph, pw) or ((lo, hi), (lo, hi), (lo, hi))"}
+
+
+def tuple_n(fn: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
+    """`value` as n ints >= `minimum`, one per spatial axis: an int means the same on every axis.
+
+    n == 2 is `pair` (its messages). For n == 1 a tuple has one entry, (2,); (a, b) is an error.
+    """
+    if n == 2:
+        return pair(fn, name, value, minimum=minimum)
+    value = (value,) * n if _is_int(value) else value
+    if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != n
+            or not all(_is_int(v) for v in value)):
+        ints = "1 int" if n == 1 else f"{n} ints"
+        raise TypeError(f"{fn}: {name} must be an int or a tuple of {ints} {_CONV_AXES[n]}, one "
+                        f"per spatial axis; got {value!r}")
+    if min(value) < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum} on every axis; got {tuple(value)}")
+    return tuple(int(v) for v in value)
+
+
+def padding_n(fn: str, value: Padding, in_sp: tuple[int, ...], window_eff: tuple[int, ...],
+              stride: tuple[int, ...]) -> tuple[Pair, ...]:
+    """Any padding form as one explicit (lo, hi) pair per spatial axis (n = len(in_sp)).
+
+    Forms: "VALID", "SAME" (as XLA pads, with the dilated window), an int p, n ints (symmetric
+    per axis), or n (lo, hi) pairs. n == 2 is `padding` (its forms and messages).
+    """
+    n = len(in_sp)
+    if n == 2:
+        return padding(fn, value, in_sp, window_eff, stride)  # type: ignore[arg-type]
+    forms = f'"VALID", "SAME", an int p, {_CONV_PADS[n]}'
+    if isinstance(value, str):
+        if value.upper() not in ("VALID", "SAME"):
+            raise ValueError(f"{fn}: padding must be {forms}; got {value!r}")
+        pads = lax.padtype_to_pads(in_sp, window_eff, stride, value.upper())
+        return tuple((int(lo), int(hi)) for lo, hi in pads)
+    if _is_int(value) or (isinstance(value, Sequence) and len(value) == n
+                          and all(_is_int(v) for v in value)):
+        value = [(p, p) for p in ((value,) * n if _is_int(value) else value)]
+    if not (isinstance(value, Sequence) and len(value) == n and all(
+            isinstance(p, Sequence) and len(p) == 2 and all(_is_int(v) for v in p)
+            for p in value)):
+        raise TypeError(f"{fn}: padding must be {forms}, one entry per spatial axis; "
+                        f"got {value!r}")
+    pads = tuple((int(lo), int(hi)) for lo, hi in value)
+    if min(min(p) for p in pads) < 0:
+        raise ValueError(f"{fn}: padding must be >= 0; got {pads}")
+    return pads
+
+
+def _conv_groups(fn: str, groups: Any, c_in: int, c_out: int, w_shape: tuple[int, ...],
+                 transposed: bool = False) -> None:
+    """groups an int >= 1 dividing both channel counts, and x's channels matching w's."""
     if not _is_int(groups):
         raise TypeError(f"{fn}: groups must be an int; got {groups!r}")
     if groups < 1:
         raise ValueError(f"{fn}: groups must be >= 1; got {groups}")
+    i = len(w_shape) - 2  # w's channel axes: i (C_in // groups for a conv) and i + 1
+    if transposed:  # w (*k, C_out // groups, C_in): x's channels are w's last axis
+        if c_in != w_shape[i + 1]:
+            raise ValueError(f"{fn}: x has {c_in} channels but w expects {w_shape[i + 1]} "
+                             f"(w.shape[{i + 1}], the channels of the convolution's output)")
+        if c_in % groups:
+            raise ValueError(f"{fn}: groups={groups} must divide the {c_in} input channels "
+                             f"of x (w.shape[{i + 1}])")
+        return
     if c_in % groups:
         raise ValueError(f"{fn}: groups={groups} must divide the {c_in} input channels of x")
     if c_out % groups:
         raise ValueError(f"{fn}: groups={groups} must divide the {c_out} output channels "
-                         f"of w (w.shape[3])")
-    if w_in * groups != c_in:
-        raise ValueError(f"{fn}: x has {c_in} channels but w expects {w_in * groups} "
-                         f"(w.shape[2] * groups = {w_in} * {groups})")
+                         f"of w (w.shape[{i + 1}])")
+    if w_shape[i] * groups != c_in:
+        raise ValueError(f"{fn}: x has {c_in} channels but w expects {w_shape[i] * groups} "
+                         f"(w.shape[{i}] * groups = {w_shape[i]} * {groups})")
+
+
+def _bias(fn: str, x: Any, b: Any, c_out: int) -> None:
     if b is not None:
         array(fn, "b", b, 1, "(C_out,)")
         same_dtype(fn, x=x, b=b)
         shape_is(fn, "b", b, (c_out,), "one bias per output channel of w")
-    win = window(fn, (h, wd), (kh, kw), pair(fn, "stride", stride),
-                 pair(fn, "dilation", dilation), padding_)
-    return Conv(win, int(groups), c_in, c_out, (n, *win.out_hw, c_out))
+
+
+class ConvTranspose(NamedTuple):
+    """A checked transposed convolution: `conv` is the convolution it transposes (that conv's
+    input has this op's output shape, its output x's shape; pads (p, p - output_padding) per
+    axis), `out_shape` this op's output (N, *O, C_out), `output_padding` one entry per axis."""
+
+    conv: Conv
+    out_shape: tuple[int, ...]
+    output_padding: tuple[int, ...]
+
+
+def conv_transpose(fn: str, x: Any, w: Any, stride: Any, padding_: Any, output_padding: Any,
+                   dilation: Any, groups: Any, b: Any = None, *,
+                   spatial: int) -> ConvTranspose:
+    """Check a transposed convolution (torch's semantics, channels-last) on `spatial` axes.
+
+    x (N, *H, C_in); w (*k, C_out // groups, C_in), the kernel of the convolution it transposes;
+    padding and output_padding ints >= 0 (symmetric), output_padding < max(stride, dilation) on
+    each axis. Output per axis: `O = (H - 1) * s - 2 * p + d * (k - 1) + output_padding + 1`.
+    """
+    x_layout = CONV_LAYOUTS[spatial][0]
+    w_layout = CONV_LAYOUTS[spatial][1].replace("C_in // groups, C_out", "C_out // groups, C_in")
+    n, *in_sp, c_in = array(fn, "x", x, spatial + 2, x_layout)
+    w_shape = array(fn, "w", w, spatial + 2, w_layout)
+    *k, c_out_g, _ = w_shape
+    same_dtype(fn, x=x, w=w)
+    _conv_groups(fn, groups, c_in, 0, w_shape, transposed=True)
+    c_out = c_out_g * int(groups)
+    _bias(fn, x, b, c_out)
+    if isinstance(padding_, str):
+        raise TypeError(f"{fn}: padding must be an int or a tuple of {spatial} ints, symmetric "
+                        f"per axis as torch reads it (no \"SAME\" / \"VALID\"); got {padding_!r}")
+    s, d = tuple_n(fn, "stride", stride, spatial), tuple_n(fn, "dilation", dilation, spatial)
+    p = tuple_n(fn, "padding", padding_, spatial, minimum=0)
+    op = tuple_n(fn, "output_padding", output_padding, spatial, minimum=0)
+    if any(o >= max(si, di) for o, si, di in zip(op, s, d)):
+        raise ValueError(f"{fn}: output_padding must be smaller than the stride or the dilation "
+                         f"on every axis; got output_padding {op}, stride {s}, dilation {d}")
+    out = tuple((h - 1) * si - 2 * pi + di * (ki - 1) + oi + 1
+                for h, si, pi, di, ki, oi in zip(in_sp, s, p, d, k, op))
+    if min(out) < 1:
+        raise ValueError(f"{fn}: the output would have spatial size {out} (input {tuple(in_sp)}, "
+                         f"padding {p}): every size must be >= 1; use less padding")
+    win = Window(tuple(k), s, d, tuple((pi, pi - oi) for pi, oi in zip(p, op)),  # type: ignore
+                 out, tuple(in_sp))
+    fwd = Conv(win, int(groups), c_out, c_in, tuple(x.shape))  # type: ignore[arg-type]
+    return ConvTranspose(fwd, (n, *out, c_out), op)
 
 
 def pool(fn: str, x: Any, size: Any, stride: Any, padding_: Padding) -> Window:
@@ -362,3 +502,33 @@ def upsample(fn: str, x: Any, scale_: Any) -> tuple[tuple[int, ...], tuple[int, 
     factors = scale(fn, scale_, len(shape) - 2)
     out = (shape[0], *(n * s for n, s in zip(shape[1:-1], factors)), shape[-1])
     return factors, out
+
+
+# ---------------------------------------------------------------- pooling on 1, 2 or 3 axes
+# x (N, *spatial, C). Rank 4 is `pool` itself (its messages unchanged); ranks 3 and 5 get the
+# same checks with one entry per spatial axis (`tuple_n`, `padding_n`): (2,) and ((lo, hi),) for
+# 1 axis, never (a, b).
+def pool_nd(fn: str, x: Any, size: Any, stride: Any, padding_: Padding) -> Window:
+    """`pool` for x (N, *spatial, C) with 1, 2 or 3 spatial axes; each field of the Window has
+    one entry per spatial axis. An (N, H, W, C) x goes to `pool` unchanged."""
+    if len(array(fn, "x", x)) == 4:
+        return pool(fn, x, size, stride, padding_)
+    in_sp = spatial(fn, "x", x)[1:-1]
+    size = tuple_n(fn, "window", size, len(in_sp))
+    stride = size if stride is None else tuple_n(fn, "stride", stride, len(in_sp))
+    win = window(fn, in_sp, size, stride, (1,) * len(in_sp), padding_, what="window")
+    if any(lo >= k or hi >= k for (lo, hi), k in zip(win.pads, size)):
+        raise ValueError(f"{fn}: padding {win.pads} must be smaller than the window {size} on "
+                         f"each side, so that no window is all padding")
+    return win
+
+
+def window_counts_nd(win: Window, count_include_pad: bool = True) -> np.ndarray:
+    """`window_counts` on any number of spatial axes: (1, *O, 1), from static shapes."""
+    if count_include_pad:
+        return np.full((1, *win.out_hw, 1), int(np.prod(win.size)), np.float64)
+    counts = np.ones((), np.int64)
+    for n, k, s, (lo, _), o in zip(win.in_hw, win.size, win.stride, win.pads, win.out_hw):
+        start = np.arange(o) * s - lo
+        counts = np.multiply.outer(counts, np.minimum(start + k, n) - np.maximum(start, 0))
+    return counts.astype(np.float64)[None, ..., None]

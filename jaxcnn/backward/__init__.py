@@ -13,7 +13,15 @@ module the rules reach and fails on any autodiff call.
 
 from jaxcnn.backward import activation, conv, join, linear, loss, norm, pool, shape
 from jaxcnn.backward.activation import leaky_relu, relu, sigmoid, softmax, tanh
-from jaxcnn.backward.conv import conv2d, convolve2d
+from jaxcnn.backward.conv import (
+    conv1d,
+    conv2d,
+    conv3d,
+    conv_transpose1d,
+    conv_transpose2d,
+    conv_transpose3d,
+    convolve2d,
+)
 from jaxcnn.backward.join import add, concat
 from jaxcnn.backward.linear import dense
 from jaxcnn.backward.loss import (
@@ -30,8 +38,9 @@ FAMILIES = {"activation": activation, "conv": conv, "join": join, "linear": line
             "loss": loss, "norm": norm, "pool": pool, "shape": shape}
 # the union of the families' __all__ (tests/test_layout.py checks it, and the twin's)
 __all__ = [
-    "add", "avg_pool", "batch_norm", "binary_cross_entropy", "concat", "conv2d", "convolve2d",
-    "dense", "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu",
-    "max_pool", "moments", "mse", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
+    "add", "avg_pool", "batch_norm", "binary_cross_entropy", "concat", "conv1d", "conv2d",
+    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolve2d", "dense",
+    "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu", "max_pool",
+    "moments", "mse", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
     "softmax_cross_entropy", "tanh", "upsample_nearest",
 ]

@@ -1,4 +1,5 @@
-"""The rules of `jaxcnn/forward/conv.py`: dx, dw and db of a convolution.
+"""The rules of `jaxcnn/forward/conv.py`: dx, dw and db of a convolution (1, 2 or 3 spatial axes)
+and of a transposed convolution.
 
 One contraction, three transposes. The forward is a single sum over the padded input,
 
@@ -20,6 +21,23 @@ convolution transpose rules take of their two transposes):
   * db contracts dy over (n, i): db[o] = sum_{n, i} dy[n, i, o].
 
 The worked example's `dW1 = conv(X, dZ1)` and `dB1 = sum(dZ1)` are the first and last lines.
+Every spatial axis adds its own (m, i) pair to the sums; the rules are one call for any number.
+
+A transposed convolution `y = conv_transpose(x, w)` (torch's, channels-last) is the dx rule
+above applied to x, for the convolution `conv(y, w)` it transposes (pads (p, p - op) per axis:
+its input then has exactly the transposed output's size O):
+
+    y[n, h, o] = sum_{i, m : i*s + m*d - p = h} sum_c x[n, i, c] * w[m, o, c]
+
+so its rules are that convolution's other two rules:
+
+  * dx keeps (n, i, c) free: dx[n, i, c] = sum_{m, o} dy_pad[n, i*s + m*d, o] * w[m, o, c], the
+    forward convolution of dy with w, pads (p, p - output_padding). The last output_padding
+    rows of y are reached by no x element (only the bias), so no dx reads them: where
+    output_padding > p the high pad is negative and crops them;
+  * dw keeps (m, o, c) free: dw[m, o, c] = sum_{n, i} dy_pad[n, i*s + m*d, o] * x[n, i, c], the
+    conv dW rule with the roles of x and dy exchanged;
+  * db[o] = sum_{n, h} dy[n, h, o].
 """
 
 from __future__ import annotations
@@ -34,11 +52,20 @@ from jaxcnn import _geometry, fast
 from jaxcnn._geometry import Padding
 from jaxcnn._precision import precision_of
 from jaxcnn.backward._upstream import upstream
-from jaxcnn.forward.conv import rot180
+from jaxcnn.forward.conv import (
+    SPATIAL,
+    Ints,
+    conv_forward,
+    dx_conv,
+    dx_conv_params,
+    rot180,
+    uses_products,
+)
 
 Array = jax.Array
 
-__all__ = ["conv2d", "convolve2d"]
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+           "conv_transpose3d", "convolve2d"]
 
 
 def conv2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
@@ -66,60 +93,67 @@ def conv2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
                        precision, impl)
 
 
+def conv1d(dy: Array, x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "VALID",
+           dilation: Ints = 1, groups: int = 1, precision: Any = None,
+           impl: str = "conv") -> tuple[Array, Array, Array]:
+    """Gradients of `forward.conv1d(x, w, b)`: conv2d's rules on one spatial axis.
+
+    Args:
+      dy: (N, O, C_out); x: (N, W, C_in); w: (kw, C_in // groups, C_out); the forward's options
+        (impl checked; every impl runs the `lax.conv_general_dilated` rules below).
+
+    Returns:
+      (dx (N, W, C_in), dw (kw, C_in // groups, C_out), db (C_out,)).
+    """
+    return _conv_grads("backward.conv1d", dy, x, w, stride, padding, dilation, groups,
+                       precision, impl, spatial=1)
+
+
+def conv3d(dy: Array, x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "VALID",
+           dilation: Ints = 1, groups: int = 1, precision: Any = None,
+           impl: str = "conv") -> tuple[Array, Array, Array]:
+    """Gradients of `forward.conv3d(x, w, b)`: conv2d's rules on three spatial axes.
+
+    Args:
+      dy: (N, O_d, O_h, O_w, C_out); x: (N, D, H, W, C_in); w: (kd, kh, kw, C_in // groups,
+        C_out); the forward's options (impl checked, as conv1d).
+
+    Returns:
+      (dx (N, D, H, W, C_in), dw (kd, kh, kw, C_in // groups, C_out), db (C_out,)).
+    """
+    return _conv_grads("backward.conv3d", dy, x, w, stride, padding, dilation, groups,
+                       precision, impl, spatial=3)
+
+
 def _conv_grads(fn: str, dy: Array, x: Array, w: Array, stride: Any, padding: Padding,
-                dilation: Any, groups: int, precision: Any,
-                impl: str) -> tuple[Array, Array, Array]:
-    g = _geometry.conv(fn, x, w, stride, padding, dilation, groups)
+                dilation: Any, groups: int, precision: Any, impl: str,
+                spatial: int = 2) -> tuple[Array, Array, Array]:
+    g = _geometry.conv(fn, x, w, stride, padding, dilation, groups, spatial=spatial)
     upstream(fn, dy, x, g.out_shape, "the forward output")
     precision = precision_of(precision)
-    dx = (fast.products.dx(dy, w, g, precision) if fast.uses_products(fn, impl, g, "dx")
+    dx = (fast.products.dx(dy, w, g, precision) if uses_products(fn, impl, g, "dx")
           else conv_dx(dy, w, g, precision))
-    dw = (fast.products.dw(x, dy, g, precision) if fast.uses_products(fn, impl, g, "dw")
+    dw = (fast.products.dw(x, dy, g, precision) if uses_products(fn, impl, g, "dw")
           else conv_dw(x, dy, g, precision))
-    return dx, dw, jnp.sum(dy, axis=(0, 1, 2))
+    return dx, dw, jnp.sum(dy, axis=tuple(range(spatial + 1)))
 
 
 def conv_dx(dy: Array, w: Array, g: _geometry.Conv, precision: Any) -> Array:
-    """dx of conv2d for a checked geometry `g`: (N, O_h, O_w, C_out) -> (N, H, W, C_in).
+    """dx of a convolution for a checked geometry `g`: (N, *O, C_out) -> (N, *H, C_in).
 
     Per axis: `conv_general_dilated(dy, rot180(w^T), window_strides=1, lhs_dilation=s,
-    rhs_dilation=d, padding=(k_eff - 1 - lo, H - O_s + lo))`, `O_s = (O - 1) * s + 1`. The lhs
-    dilation spreads dy back over the stride grid; input rows the stride never read receive
-    exactly zero. Where XLA would abort on that form (`fast.traps.xla_may_abort`), the same sum
-    with the spread done apart from the convolution.
+    rhs_dilation=d, padding=(k_eff - 1 - lo, H - O_s + lo))`, `O_s = (O - 1) * s + 1`, the kernel
+    flipped along every spatial axis. The lhs dilation spreads dy back over the stride grid;
+    input rows the stride never read receive exactly zero. Where XLA would abort on that form
+    (`fast.traps.xla_may_abort`), the same sum with the spread done apart from the convolution.
+    The computation is `forward.conv.dx_conv` (the forward of a transposed convolution), with
+    the keyword arguments `dx_conv_params(g)`.
     """
-    win, groups = g.win, g.groups
-    kh, kw, c_in_g, c_out = w.shape
-    # HWIO (kh, kw, C_in/G, C_out) -> (kh, kw, C_in, C_out/G), read as HWOI: the roles of the
-    # channels swap, and group j's output block becomes group j's input block.
-    wt = (w.reshape(kh, kw, c_in_g, groups, c_out // groups).transpose(0, 1, 3, 2, 4)
-          .reshape(kh, kw, groups * c_in_g, c_out // groups))
-    params = dx_conv_params(g)
-    if params.pop("spread_apart"):
-        return fast.traps.spread_apart_conv(dy, rot180(wt), params["padding"], win, groups,
-                                            params["dimension_numbers"], precision)
-    return lax.conv_general_dilated(dy, rot180(wt), **params, precision=precision)
-
-
-def dx_conv_params(g: _geometry.Conv) -> dict[str, Any]:
-    """The `lax.conv_general_dilated` keyword arguments of `conv_dx` for a checked geometry `g`
-    (what `jaxcnn explain` prints), plus `spread_apart`: whether XLA may abort on that form
-    (`fast.traps.xla_may_abort`), so that the rule spreads dy apart from the convolution.
-
-    Returns:
-      dict(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, spread_apart); padding per axis `(k_eff - 1 - lo, H - O_s + lo)`.
-    """
-    win = g.win
-    pads = [(e - 1 - lo, h - o_s + lo)
-            for e, (lo, _), h, o_s in zip(win.eff, win.pads, win.in_hw, win.spread)]
-    return dict(window_strides=(1, 1), padding=pads, lhs_dilation=win.stride,
-                rhs_dilation=win.dilation, dimension_numbers=("NHWC", "HWOI", "NHWC"),
-                feature_group_count=g.groups, spread_apart=fast.traps.xla_may_abort(win))
+    return dx_conv(dy, w, g, precision, dx_conv_params(g))
 
 
 def conv_dw(x: Array, dy: Array, g: _geometry.Conv, precision: Any) -> Array:
-    """dw of conv2d for a checked geometry `g`: -> (kh, kw, C_in // groups, C_out).
+    """dw of a convolution for a checked geometry `g`: -> (*k, C_in // groups, C_out).
 
     `dw[m, p, c, o] = sum_{n, i, j} x_pad[n, i*s + m*d, j*s + p*d, c] * dy[n, i, j, o]`: a
     correlation of x with dy, batch and channel roles swapped, `window_strides=d`,
@@ -141,8 +175,9 @@ def dw_conv_params(g: _geometry.Conv) -> dict[str, Any]:
     win = g.win
     pads = [(lo, o_s - h + e - 1 - lo)
             for (lo, _), o_s, h, e in zip(win.pads, win.spread, win.in_hw, win.eff)]
+    sp = SPATIAL[len(pads)]
     return dict(window_strides=win.dilation, padding=pads, rhs_dilation=win.stride,
-                dimension_numbers=("CHWN", "IHWO", "HWNC"), batch_group_count=g.groups)
+                dimension_numbers=(f"C{sp}N", f"I{sp}O", f"{sp}NC"), batch_group_count=g.groups)
 
 
 def convolve2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] = 1,
@@ -155,9 +190,78 @@ def convolve2d(dy: Array, x: Array, w: Array, *, stride: int | tuple[int, int] =
     rot180(w) (a correlation of dy with w itself), and dw is rot180 of the correlation's dw
     (the overview's `dL/dF = dL/dO * rot180(I)` read the other way round).
 
-    Args and Returns: as `conv2d`.
+    Args and Returns: as `conv2d`: dy (N, O_h, O_w, C_out), x (N, H, W, C_in), w (kh, kw,
+    C_in // groups, C_out) -> (dx (N, H, W, C_in), dw (kh, kw, C_in // groups, C_out), db
+    (C_out,)).
     """
     _geometry.array("backward.convolve2d", "w", w, 4, "(kh, kw, C_in // groups, C_out) (HWIO)")
     dx, dw, db = _conv_grads("backward.convolve2d", dy, x, rot180(w), stride, padding, dilation,
                              groups, precision, impl)
     return dx, rot180(dw), db
+
+
+# ----------------------------------------------------------------------------- transposed
+def conv_transpose1d(dy: Array, x: Array, w: Array, *, stride: Ints = 1, padding: Ints = 0,
+                     output_padding: Ints = 0, dilation: Ints = 1,
+                     groups: int = 1) -> tuple[Array, Array, Array]:
+    """Gradients of `forward.conv_transpose1d(x, w, b)` (see the module docstring).
+
+      dx = conv1d(dy, w) with pads (p, p - output_padding): the convolution transposed;
+      dw = the conv dW rule with x and dy exchanged: sum_{n,i} dy_pad[n, i*s + m*d, o] x[n, i, c];
+      db = dy summed over N and W.
+
+    Args:
+      dy: (N, O, C_out); x: (N, W, C_in); w: (kw, C_out // groups, C_in); the forward's options.
+
+    Returns:
+      (dx (N, W, C_in), dw (kw, C_out // groups, C_in), db (C_out,)).
+    """
+    return _conv_transpose_grads("backward.conv_transpose1d", 1, dy, x, w, stride, padding,
+                                 output_padding, dilation, groups)
+
+
+def conv_transpose2d(dy: Array, x: Array, w: Array, *, stride: Ints = 1, padding: Ints = 0,
+                     output_padding: Ints = 0, dilation: Ints = 1,
+                     groups: int = 1) -> tuple[Array, Array, Array]:
+    """Gradients of `forward.conv_transpose2d(x, w, b)`: dx = conv2d(dy, w) with pads
+    (p, p - output_padding) per axis, dw = the conv dW rule with x and dy exchanged, db = dy
+    summed over N, H, W.
+
+    Args:
+      dy: (N, O_h, O_w, C_out); x: (N, H, W, C_in); w: (kh, kw, C_out // groups, C_in); the
+        forward's options.
+
+    Returns:
+      (dx (N, H, W, C_in), dw (kh, kw, C_out // groups, C_in), db (C_out,)).
+    """
+    return _conv_transpose_grads("backward.conv_transpose2d", 2, dy, x, w, stride, padding,
+                                 output_padding, dilation, groups)
+
+
+def conv_transpose3d(dy: Array, x: Array, w: Array, *, stride: Ints = 1, padding: Ints = 0,
+                     output_padding: Ints = 0, dilation: Ints = 1,
+                     groups: int = 1) -> tuple[Array, Array, Array]:
+    """Gradients of `forward.conv_transpose3d(x, w, b)`: the rules of conv_transpose2d on three
+    spatial axes.
+
+    Args:
+      dy: (N, O_d, O_h, O_w, C_out); x: (N, D, H, W, C_in); w: (kd, kh, kw, C_out // groups,
+        C_in); the forward's options.
+
+    Returns:
+      (dx (N, D, H, W, C_in), dw (kd, kh, kw, C_out // groups, C_in), db (C_out,)).
+    """
+    return _conv_transpose_grads("backward.conv_transpose3d", 3, dy, x, w, stride, padding,
+                                 output_padding, dilation, groups)
+
+
+def _conv_transpose_grads(fn: str, spatial: int, dy: Array, x: Array, w: Array, stride: Any,
+                          padding: Any, output_padding: Any, dilation: Any,
+                          groups: int) -> tuple[Array, Array, Array]:
+    t = _geometry.conv_transpose(fn, x, w, stride, padding, output_padding, dilation, groups,
+                                 spatial=spatial)
+    upstream(fn, dy, x, t.out_shape, "the forward output")
+    precision = precision_of(None)
+    dx = conv_forward(dy, w, t.conv, precision)  # the transposed convolution, forward
+    dw = conv_dw(dy, x, t.conv, precision)  # its dW rule, x and dy exchanged
+    return dx, dw, jnp.sum(dy, axis=tuple(range(spatial + 1)))

@@ -13,7 +13,15 @@ Shapes: `x` (N, H, W, C); conv kernel `w` (kh, kw, C_in // groups, C_out); dense
 
 from jaxcnn.forward import activation, conv, join, linear, loss, norm, pool, shape
 from jaxcnn.forward.activation import leaky_relu, relu, sigmoid, softmax, tanh
-from jaxcnn.forward.conv import conv2d, convolve2d
+from jaxcnn.forward.conv import (
+    conv1d,
+    conv2d,
+    conv3d,
+    conv_transpose1d,
+    conv_transpose2d,
+    conv_transpose3d,
+    convolve2d,
+)
 from jaxcnn.forward.join import add, concat
 from jaxcnn.forward.linear import dense
 from jaxcnn.forward.loss import (
@@ -30,8 +38,9 @@ FAMILIES = {"activation": activation, "conv": conv, "join": join, "linear": line
             "loss": loss, "norm": norm, "pool": pool, "shape": shape}
 # the union of the families' __all__ (tests/test_layout.py checks it, and the twin's)
 __all__ = [
-    "add", "avg_pool", "batch_norm", "binary_cross_entropy", "concat", "conv2d", "convolve2d",
-    "dense", "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu",
-    "max_pool", "moments", "mse", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
+    "add", "avg_pool", "batch_norm", "binary_cross_entropy", "concat", "conv1d", "conv2d",
+    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolve2d", "dense",
+    "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu", "max_pool",
+    "moments", "mse", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
     "softmax_cross_entropy", "tanh", "upsample_nearest",
 ]
