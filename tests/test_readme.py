@@ -5,7 +5,10 @@ exists."""
 import contextlib
 import glob
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,47 @@ def test_path_finder_sees_the_forms_used():
     assert mentioned_paths(text) == ["docs/design.md", "experiments/results/bench_cpu.md",
                                      "experiments/results/bench_cpu.json",
                                      "tests/test_backward.py"]
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(info string, body) of every fenced block of a markdown text."""
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text,
+                                                          re.S | re.M)]
+
+
+def test_the_walkthrough_excerpt_is_real_output():
+    """The README's walkthrough block: every line but the elisions ("...") and the prompt is a
+    line that `jaxcnn walkthrough` prints, in the same order. Run as a user runs it, without
+    the test run's XLA flags (they move the last bit of some differences: 1e-16 instead of 0)."""
+    excerpt = next(body for info, body in fenced_blocks(README.read_text())
+                   if body.startswith("$ jaxcnn walkthrough"))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-m", "jaxcnn.tools.cli", "walkthrough"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    real = proc.stdout.splitlines()
+    at = 0
+    for line in excerpt.splitlines()[1:]:
+        if line.strip() in ("", "..."):
+            continue
+        assert line in real[at:], f"not in the real output (in order): {line!r}"
+        at = real.index(line, at) + 1
+
+
+def test_the_command_synopsis_names_real_options():
+    """The README's command synopsis: every subcommand exists and every --flag it shows is one
+    of that subcommand's options."""
+    from jaxcnn.tools import cli
+    synopsis = next(body for info, body in fenced_blocks(README.read_text())
+                    if info == "bash" and body.startswith("jaxcnn train"))
+    parser, commands = cli.build_parser(), {}
+    for line in synopsis.splitlines():
+        words = line.split()
+        if words and words[0] == "jaxcnn":
+            name = words[1]
+        commands.setdefault(name, set()).update(re.findall(r"--[\w-]+", line))
+    sub = next(a for a in parser._actions if a.dest == "command")  # argparse's subparsers
+    assert set(commands) == set(sub.choices), "the synopsis lists every subcommand"
+    for name, flags in commands.items():
+        known = {o for a in sub.choices[name]._actions for o in a.option_strings}
+        assert flags <= known, f"jaxcnn {name}: {sorted(flags - known)} are not options"
