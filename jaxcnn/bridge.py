@@ -66,7 +66,13 @@ def _typed(v: Any) -> Any:
 
 
 def _varying(a: Any) -> frozenset:
-    """The mesh axes `a` varies over inside `jax.shard_map` (empty outside it)."""
+    """The mesh axes `a` varies over inside `jax.shard_map` (empty outside it).
+
+    jax 0.10.2 through 0.12.0.1 have no public accessor for them: the aval carries them as
+    `manual_axis_type.varying` (checked on both), some releases as `vma`. If a release drops
+    both, this returns nothing and the shard_map test of tests/test_bridge.py fails, which says
+    to look here.
+    """
     aval = jax.typeof(a)
     mat = getattr(aval, "manual_axis_type", None)
     return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
