@@ -107,8 +107,7 @@ def test_tutorial_runs(source):
 
 def test_timings(capsys):
     """Print each tutorial's measured time and the total (shown even without -s)."""
-    if not TIMES:
-        pytest.skip("no tutorial ran in this session")
+    # (with no tutorial run in this session, e.g. under -k, there is nothing to print or check)
     lines = ["", "tutorial run times (kernel start included):"]
     lines += [f"  {name:32} {t:6.1f} s" for name, t in TIMES.items()]
     lines.append(f"  {'total':32} {sum(TIMES.values()):6.1f} s")
