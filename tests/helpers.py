@@ -39,3 +39,17 @@ def central_difference_vjp(f, args, dy, argnum, eps=1e-6, n_dirs=4, seed=0):
         fd = (np.vdot(dy, np.asarray(f(*plus))) - np.vdot(dy, np.asarray(f(*minus)))) / (2 * eps)
         out.append((fd, v))
     return out
+
+
+def assert_directional_differences(fwd, args, grads, dy, *, eps=1e-6, n_dirs=3, seed=1,
+                                   rtol=1e-6, what=""):
+    """<dy, fwd(args + eps v) - fwd(args - eps v)> / (2 eps) == <grads, v> along `n_dirs` random
+    directions v over all of `args` at once, to `rtol` relative."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_dirs):
+        v = [rng.standard_normal(np.shape(a)) for a in args]
+        plus = fwd(*(a + eps * d for a, d in zip(args, v)))
+        minus = fwd(*(a - eps * d for a, d in zip(args, v)))
+        fd = np.vdot(dy, np.asarray(plus) - np.asarray(minus)) / (2 * eps)
+        analytic = sum(np.vdot(g, d) for g, d in zip(grads, v))
+        assert abs(fd - analytic) <= rtol * abs(analytic), (what, fd, analytic)
