@@ -53,3 +53,16 @@ def assert_directional_differences(fwd, args, grads, dy, *, eps=1e-6, n_dirs=3, 
         fd = np.vdot(dy, np.asarray(plus) - np.asarray(minus)) / (2 * eps)
         analytic = sum(np.vdot(g, d) for g, d in zip(grads, v))
         assert abs(fd - analytic) <= rtol * abs(analytic), (what, fd, analytic)
+
+
+def forward_rule_vjp(fwd, bwd, kw, with_vjp):
+    """One jitted program (dy, x, w, b) -> {"y", "rule", and "vjp" if asked}: the forward, the
+    hand-written rule and jax.vjp of the forward, for a conv-like op with options `kw`."""
+    import jax
+
+    def run(dy, x, w, b):
+        out = {"y": fwd(x, w, b, **kw), "rule": bwd(dy, x, w, **kw)}
+        if with_vjp:
+            out["vjp"] = jax.vjp(lambda x, w, b: fwd(x, w, b, **kw), x, w, b)[1](dy)
+        return out
+    return jax.jit(run)

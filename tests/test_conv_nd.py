@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from jaxcnn import _geometry, backward, fast, forward
 
-from helpers import assert_close, assert_directional_differences
+from helpers import assert_close, assert_directional_differences, forward_rule_vjp
 
 RTOL = 1e-9
 HERE = Path(__file__).parent
@@ -160,14 +160,8 @@ def nd_configs(draw):
 
 def _checked(n, kw, with_vjp):
     """One compiled program per configuration: forward, the rule, and jax.vjp of the forward."""
-    fwd, bwd = getattr(forward, f"conv{n}d"), getattr(backward, f"conv{n}d")
-
-    def run(dy, x, w, b):
-        out = {"y": fwd(x, w, b, **kw), "rule": bwd(dy, x, w, **kw)}
-        if with_vjp:
-            out["vjp"] = jax.vjp(lambda x, w, b: fwd(x, w, b, **kw), x, w, b)[1](dy)
-        return out
-    return jax.jit(run)
+    return forward_rule_vjp(getattr(forward, f"conv{n}d"), getattr(backward, f"conv{n}d"), kw,
+                            with_vjp)
 
 
 @settings(max_examples=160)

@@ -21,7 +21,7 @@ from test_conv_nd import _blocks, _offsets
 
 from jaxcnn import _geometry, backward, fast, forward
 
-from helpers import assert_close, assert_directional_differences
+from helpers import assert_close, assert_directional_differences, forward_rule_vjp
 
 RTOL = 1e-9
 
@@ -131,14 +131,9 @@ def transpose_configs(draw):
 
 
 def _checked(n, kw, with_vjp):
-    fwd, bwd = getattr(forward, f"conv_transpose{n}d"), getattr(backward, f"conv_transpose{n}d")
-
-    def run(dy, x, w, b):
-        out = {"y": fwd(x, w, b, **kw), "rule": bwd(dy, x, w, **kw)}
-        if with_vjp:
-            out["vjp"] = jax.vjp(lambda x, w, b: fwd(x, w, b, **kw), x, w, b)[1](dy)
-        return out
-    return jax.jit(run)
+    """One compiled program per configuration: forward, the rule, and jax.vjp of the forward."""
+    op = f"conv_transpose{n}d"
+    return forward_rule_vjp(getattr(forward, op), getattr(backward, op), kw, with_vjp)
 
 
 @settings(max_examples=160)
