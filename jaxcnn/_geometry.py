@@ -393,6 +393,34 @@ def class_targets(fn: str, z: Any, y: Any) -> Any:
     return y
 
 
+def pixel_labels(fn: str, z: Any, y: Any, *, binary: bool) -> int:
+    """Check per-position loss arguments: z (N, *S, K) logits (K = 1 for binary, which also
+    takes z (N, *S)), y (N, *S): int class ids, or 0./1. floats for binary; return K."""
+    shape = array(fn, "z", z)
+    want = "(N, *S) of 0./1. labels" if binary else "(N, *S) of int class ids"
+    y_shape = array(fn, "y", y, None, floating=binary)
+    if binary and tuple(y_shape) == tuple(shape):
+        shape = (*shape, 1)  # z (N, *S) with y (N, *S): one logit per position
+    if len(shape) < 3 or tuple(y_shape) != tuple(shape[:-1]):
+        raise ValueError(f"{fn}: z must be (N, *S, K) logits with at least one spatial axis and "
+                         f"y {want} with z's leading axes; got z {tuple(z.shape)} and y "
+                         f"{tuple(y_shape)}")
+    k = shape[-1]
+    if binary and k != 1:
+        raise ValueError(f"{fn}: binary z needs one logit per position, (N, *S, 1); got "
+                         f"{tuple(z.shape)}")
+    if not binary and not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"{fn}: y must hold int class ids; got {y.dtype}")
+    if binary:
+        same_dtype(fn, z=z, y=y)
+    vals = concrete(y)
+    high = 1 if binary else k - 1
+    if vals is not None and vals.size and ((vals < 0) | (vals > high)).any():
+        what = "labels in [0, 1]" if binary else f"class ids in [0, {k})"
+        raise ValueError(f"{fn}: y must hold {what}; got values in [{vals.min()}, {vals.max()}]")
+    return k
+
+
 def flatten(fn: str, x: Any) -> tuple[int, int]:
     """Check a flatten input (N, d1, d2, ...); return the output shape (N, d1 * d2 * ...)."""
     shape = array(fn, "x", x, None, floating=False)

@@ -27,6 +27,8 @@ from jaxcnn.backward.linear import dense
 from jaxcnn.backward.loss import (
     binary_cross_entropy,
     mse,
+    pixel_sigmoid_binary_cross_entropy,
+    pixel_softmax_cross_entropy,
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "add", "avg_pool", "batch_norm", "binary_cross_entropy", "concat", "conv1d", "conv2d",
     "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolve2d", "dense",
     "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu", "max_pool",
-    "moments", "mse", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
+    "moments", "mse", "pixel_sigmoid_binary_cross_entropy",
+    "pixel_softmax_cross_entropy", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
     "softmax_cross_entropy", "tanh", "upsample_nearest",
 ]

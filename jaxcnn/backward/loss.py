@@ -14,7 +14,8 @@ from jaxcnn.backward._upstream import scalar
 
 Array = jax.Array
 
-__all__ = ["binary_cross_entropy", "mse", "sigmoid_binary_cross_entropy",
+__all__ = ["binary_cross_entropy", "mse", "pixel_sigmoid_binary_cross_entropy",
+           "pixel_softmax_cross_entropy", "sigmoid_binary_cross_entropy",
            "softmax_cross_entropy"]
 
 
@@ -62,6 +63,38 @@ def softmax_cross_entropy(dl: Array | float, z: Array, y: Array) -> Array:
     dl = scalar("backward.softmax_cross_entropy", dl, z)
     s = jax.nn.softmax(z, axis=-1)
     return dl * (s * jnp.sum(target, axis=-1, keepdims=True) - target) / z.shape[0]
+
+
+def pixel_softmax_cross_entropy(dl: Array | float, z: Array, y: Array) -> Array:
+    """`dL/dz = dl * (softmax(z) - onehot(y)) / (N P)`: the softmax rule at every position, the
+    mean over N examples of P positions each dividing by both.
+
+    Args:
+      dl: scalar; z: (N, *S, K) logits; y: (N, *S) int class ids.
+
+    Returns:
+      dz (N, *S, K).
+    """
+    k = _geometry.pixel_labels("backward.pixel_softmax_cross_entropy", z, y, binary=False)
+    dl = scalar("backward.pixel_softmax_cross_entropy", dl, z)
+    rows = y.size  # N P
+    return dl * (jax.nn.softmax(z, axis=-1) - jax.nn.one_hot(y, k, dtype=z.dtype)) / rows
+
+
+def pixel_sigmoid_binary_cross_entropy(dl: Array | float, z: Array, y: Array) -> Array:
+    """`dL/dz = dl * (sigmoid(z) - y) / (N P)` at every position (the worked example's
+    `A2 - Y`, averaged over positions and batch).
+
+    Args:
+      dl: scalar; z: (N, *S, 1) or (N, *S) logits; y: (N, *S).
+
+    Returns:
+      dz with z's shape.
+    """
+    _geometry.pixel_labels("backward.pixel_sigmoid_binary_cross_entropy", z, y, binary=True)
+    dl = scalar("backward.pixel_sigmoid_binary_cross_entropy", dl, z)
+    a = jax.nn.sigmoid(z.reshape(y.shape))
+    return (dl * (a - y) / y.size).reshape(z.shape)
 
 
 def mse(dl: Array | float, y_pred: Array, t: Array) -> Array:

@@ -7,8 +7,8 @@ tracing (`jaxcnn._geometry`); convolutions and matrix products run at `lax.Preci
 unless a `precision` is given or set around the call with `jax.default_matmul_precision(...)`
 (`jaxcnn._precision.precision_of`), so that float32 on GPUs does not silently drop to TF32.
 
-Shapes: `x` (N, H, W, C); conv kernel `w` (kh, kw, C_in // groups, C_out); dense `w`
-(D_in, D_out).
+Shapes: `x` (N, H, W, C), or (N, W, C) and (N, D, H, W, C) for 1 and 3 spatial axes; conv kernel
+`w` (kh, kw, C_in // groups, C_out); dense `w` (D_in, D_out).
 """
 
 from jaxcnn.forward import activation, conv, join, linear, loss, norm, pool, shape
@@ -27,6 +27,8 @@ from jaxcnn.forward.linear import dense
 from jaxcnn.forward.loss import (
     binary_cross_entropy,
     mse,
+    pixel_sigmoid_binary_cross_entropy,
+    pixel_softmax_cross_entropy,
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "add", "avg_pool", "batch_norm", "binary_cross_entropy", "concat", "conv1d", "conv2d",
     "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolve2d", "dense",
     "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu", "max_pool",
-    "moments", "mse", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
+    "moments", "mse", "pixel_sigmoid_binary_cross_entropy",
+    "pixel_softmax_cross_entropy", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
     "softmax_cross_entropy", "tanh", "upsample_nearest",
 ]

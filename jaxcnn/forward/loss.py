@@ -13,7 +13,8 @@ from jaxcnn import _geometry
 
 Array = jax.Array
 
-__all__ = ["binary_cross_entropy", "mse", "sigmoid_binary_cross_entropy",
+__all__ = ["binary_cross_entropy", "mse", "pixel_sigmoid_binary_cross_entropy",
+           "pixel_softmax_cross_entropy", "sigmoid_binary_cross_entropy",
            "softmax_cross_entropy"]
 
 
@@ -35,6 +36,17 @@ def binary_cross_entropy(p: Array, y: Array) -> Array:
     return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log1p(-p))
 
 
+def _softplus(z: Array) -> Array:
+    """`log(1 + exp(z)) = max(z, 0) + log(1 + exp(-|z|))`, as `jax.nn.softplus` (logaddexp).
+
+    Not written as that max/abs sum: jax.grad of it at z = 0 exactly is 0.5 - 0.5 = 0 (jnp.abs'
+    taken as 1 there, jnp.maximum's tie split in half; jax 0.10.2), not sigmoid(0) = 1/2, and an
+    exact 0 logit is common (a transposed convolution of ReLU zeros with a zero bias); logaddexp's
+    rule gives 1/2. tests/test_losses_pixel.py checks autodiff at z = 0 against the rule.
+    """
+    return jnp.logaddexp(z, 0.0)
+
+
 def sigmoid_binary_cross_entropy(z: Array, y: Array) -> Array:
     """`binary_cross_entropy(sigmoid(z), y)` computed stably from logits, mean over the batch:
 
@@ -49,7 +61,7 @@ def sigmoid_binary_cross_entropy(z: Array, y: Array) -> Array:
     """
     _geometry.binary_labels("sigmoid_binary_cross_entropy", z, y, "z")
     z = z.reshape(y.shape)
-    return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))
+    return jnp.mean(_softplus(z) - z * y)
 
 
 def softmax_cross_entropy(z: Array, y: Array) -> Array:
@@ -66,6 +78,43 @@ def softmax_cross_entropy(z: Array, y: Array) -> Array:
     """
     target = _geometry.class_targets("softmax_cross_entropy", z, y)
     return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(z, axis=-1), axis=-1))
+
+
+def pixel_softmax_cross_entropy(z: Array, y: Array) -> Array:
+    """Per-position softmax cross-entropy (segmentation): each example's loss l_n is the mean
+    over its P positions, L the mean of l_n over the batch:
+
+    `L = 1/N sum_n 1/P sum_p -log softmax(z_np)_{y_np}`, which is `softmax_cross_entropy` on
+    the N P rows of z (every example has the same P positions).
+
+    Args:
+      z: (N, *S, K) logits, at least one spatial axis, e.g. (N, H, W, K).
+      y: (N, *S) int class ids in [0, K).
+
+    Returns:
+      L, a scalar.
+    """
+    k = _geometry.pixel_labels("pixel_softmax_cross_entropy", z, y, binary=False)
+    return -jnp.mean(jnp.sum(jax.nn.one_hot(y, k, dtype=z.dtype)
+                             * jax.nn.log_softmax(z, axis=-1), axis=-1))
+
+
+def pixel_sigmoid_binary_cross_entropy(z: Array, y: Array) -> Array:
+    """Per-position sigmoid binary cross-entropy (a binary mask): `sigmoid_binary_cross_entropy`
+    at every position, the mean over the positions and the batch:
+
+    `L = 1/(N P) sum_{n, p} [max(z, 0) - z y + log(1 + exp(-|z|))]`.
+
+    Args:
+      z: (N, *S, 1) or (N, *S) logits.
+      y: (N, *S) labels in [0, 1].
+
+    Returns:
+      L, a scalar.
+    """
+    _geometry.pixel_labels("pixel_sigmoid_binary_cross_entropy", z, y, binary=True)
+    z = z.reshape(y.shape)
+    return jnp.mean(_softplus(z) - z * y)
 
 
 def mse(y_pred: Array, t: Array) -> Array:

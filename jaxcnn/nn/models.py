@@ -1,5 +1,6 @@
 """The networks: the worked example's 15-parameter CNN, LeNet-5, a deeper CNN, a CIFAR-shaped CNN,
-and the CIFAR ResNet-20 (He et al. 2016) with BatchNorm or GroupNorm.
+the CIFAR ResNet-20 (He et al. 2016) with BatchNorm or GroupNorm, a small U-Net (Ronneberger et
+al. 2015) with per-pixel logits, a 1-D CNN for signals and a small 3-D CNN for volumes.
 
 Each function returns a `jaxcnn.nn.network.Network`; `get(name)` looks one up by its CLI name.
 `impl` ("conv", "gemm", "auto") is the formulation of every convolution of the model (see
@@ -11,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jaxcnn.forward.conv import IMPLS
-from jaxcnn.nn.combinators import Residual, Serial
+from jaxcnn.nn.combinators import Residual, Serial, SkipConcat
 from jaxcnn.nn.layers import (
     BatchNorm,
+    Conv1D,
     Conv2D,
+    Conv3D,
+    ConvTranspose2D,
     Dense,
     Dropout,
     Flatten,
@@ -24,7 +28,7 @@ from jaxcnn.nn.layers import (
     MaxPool,
     ReLU,
 )
-from jaxcnn.nn.network import BINARY, SOFTMAX, Network
+from jaxcnn.nn.network import BINARY, PIXEL_SOFTMAX, SOFTMAX, Network
 
 
 def seed_cnn(*, impl: str = "conv") -> Network:
@@ -188,8 +192,95 @@ def resnet20(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32,
     return Network("resnet20" if norm == "batch" else "resnet20_gn", layers, input_shape, SOFTMAX)
 
 
-__all__ = ["IMPLS", "MODELS", "NORMS", "cifar_cnn", "deep_cnn", "get", "lenet5", "lenet5_digits",
-           "resnet20", "seed_cnn"]
+# ----------------------------------------------------------------------------- U-Net
+def _double_conv(features: int, impl: str, name: str) -> Layer:
+    """conv 3x3 SAME -> ReLU -> conv 3x3 SAME -> ReLU, the U-Net's unit at every level."""
+    return Serial(Conv2D(features, 3, padding="SAME", impl=impl, name="conv1"),
+                  ReLU(name="relu1"),
+                  Conv2D(features, 3, padding="SAME", impl=impl, name="conv2"),
+                  ReLU(name="relu2"), name=name)
+
+
+def unet(num_classes: int = 2, input_shape: tuple[int, int, int] = (32, 32, 1), *,
+         width: int = 8, impl: str = "conv") -> Network:
+    """A small U-Net (Ronneberger et al. 2015): two levels down, two up, per-pixel logits.
+
+        enc1  double conv, width                                  (H, W)       <- skip1 --+
+        skip1 = SkipConcat(down 1)                                                         |
+          down 1: max pool 2 -> enc2 double conv, 2 width          (H/2, W/2)  <- skip2 -+ |
+            skip2 = SkipConcat(down 2)                                                   | |
+              down 2: max pool 2 -> bottom double conv, 4 width    (H/4, W/4)            | |
+                      -> transposed conv 2x2 stride 2, 2 width     (H/2, W/2)            | |
+            concat [enc2, up]: 4 width -> dec2 double conv, 2 width ---------------------+ |
+          -> transposed conv 2x2 stride 2, width                   (H, W)                  |
+        concat [enc1, up]: 2 width -> dec1 double conv, width  -----------------------------+
+        -> conv 1x1 num_classes: logits (H, W, num_classes)
+
+    Upsampling is learned (ConvTranspose2D, kernel 2, stride 2); each decoder level
+    concatenates the encoder activation of its size (SkipConcat), whose backward splits dy by
+    channels and adds the skip's part to the encoder's gradient. Loss: per-pixel softmax
+    cross-entropy, the mean over each image's pixels and then over the batch (`PIXEL_SOFTMAX`);
+    y: (N, H, W) int class ids.
+
+    Args:
+      num_classes: the logits per pixel.
+      input_shape: (H, W, C), H and W divisible by 4.
+      width: the filters of the first level (doubled at each level down).
+      impl: the formulation of every (non-transposed) convolution.
+
+    Returns:
+      The Network "unet"; layers enc1, skip1 (the rest of the U inside), dec1, logits.
+    """
+    h, w = input_shape[:2]
+    if h % 4 or w % 4:
+        raise ValueError(f"unet: input_shape {tuple(input_shape)} needs H and W divisible by 4 "
+                         f"(two 2x2 poolings undone by two stride-2 transposed convolutions)")
+    down2 = Serial(MaxPool(2, name="pool"), _double_conv(4 * width, impl, "bottom"),
+                   ConvTranspose2D(2 * width, 2, stride=2, name="up"), name="down2")
+    down1 = Serial(MaxPool(2, name="pool"), _double_conv(2 * width, impl, "enc2"),
+                   SkipConcat(down2, name="skip2"), _double_conv(2 * width, impl, "dec2"),
+                   ConvTranspose2D(width, 2, stride=2, name="up"), name="down1")
+    return Network("unet", [
+        _double_conv(width, impl, "enc1"), SkipConcat(down1, name="skip1"),
+        _double_conv(width, impl, "dec1"), Conv2D(num_classes, 1, impl=impl, name="logits"),
+    ], input_shape, PIXEL_SOFTMAX)
+
+
+# ----------------------------------------------------------------------------- 1-D and 3-D
+def cnn1d(num_classes: int = 4, input_shape: tuple[int, int] = (128, 1), *,
+          impl: str = "conv") -> Network:
+    """A 1-D CNN for signals (N, L, C): conv 7, 16 SAME -> GroupNorm 4 -> ReLU -> max pool 2 ->
+    conv 5, 32 SAME -> ReLU -> max pool 2 -> conv 3, 64, dilation 2, SAME -> ReLU -> global
+    average pool -> dense num_classes (softmax). For `jaxcnn.training.synthetic.signals`
+    (sine, square, sawtooth, chirp)."""
+    return Network("cnn1d", [
+        Conv1D(16, 7, padding="SAME", impl=impl, name="conv1"), GroupNorm(4, name="norm1"),
+        ReLU(name="relu1"), MaxPool(2, name="pool1"),
+        Conv1D(32, 5, padding="SAME", impl=impl, name="conv2"), ReLU(name="relu2"),
+        MaxPool(2, name="pool2"),
+        Conv1D(64, 3, padding="SAME", dilation=2, impl=impl, name="conv3"), ReLU(name="relu3"),
+        GlobalAvgPool(name="pool"), Dense(num_classes, name="dense"),
+    ], input_shape, SOFTMAX)
+
+
+def cnn3d(num_classes: int = 3, input_shape: tuple[int, int, int, int] = (16, 16, 16, 1), *,
+          impl: str = "conv") -> Network:
+    """A small 3-D CNN for volumes (N, D, H, W, C): conv 3x3x3, 8 SAME -> ReLU -> max pool 2 ->
+    conv 3x3x3, 16 SAME -> ReLU -> max pool 2 -> conv 3x3x3, 32, stride 2, pad 1 -> ReLU ->
+    global average pool -> dense num_classes (softmax). For
+    `jaxcnn.training.synthetic.volumes` (sphere, cube, rod)."""
+    return Network("cnn3d", [
+        Conv3D(8, 3, padding="SAME", impl=impl, name="conv1"), ReLU(name="relu1"),
+        MaxPool(2, name="pool1"),
+        Conv3D(16, 3, padding="SAME", impl=impl, name="conv2"), ReLU(name="relu2"),
+        MaxPool(2, name="pool2"),
+        Conv3D(32, 3, stride=2, padding=1, impl=impl, name="conv3"), ReLU(name="relu3"),
+        GlobalAvgPool(name="pool"), Dense(num_classes, name="dense"),
+    ], input_shape, SOFTMAX)
+
+
+__all__ = ["IMPLS", "MODELS", "NORMS", "cifar_cnn", "cnn1d", "cnn3d", "deep_cnn", "get",
+           "lenet5", "lenet5_digits", "resnet20", "seed_cnn", "unet"]
 
 MODELS: dict[str, Callable[..., Network]] = {
     "seed": seed_cnn,
@@ -200,6 +291,10 @@ MODELS: dict[str, Callable[..., Network]] = {
     "cifar": cifar_cnn,
     "resnet20": resnet20,
     "resnet20-gn": lambda **kw: resnet20(norm="group", **kw),
+    # for --data shapes: background, disc, square (jaxcnn.training.synthetic.SHAPE_CLASSES)
+    "unet": lambda **kw: unet(num_classes=3, **kw),
+    "cnn1d": cnn1d,
+    "cnn3d": cnn3d,
 }
 
 

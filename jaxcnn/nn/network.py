@@ -11,14 +11,25 @@ state (BatchNorm running averages) is a separate dict, never mixed into the para
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import _geometry, backward, forward
+from jaxcnn import _geometry
+from jaxcnn.nn.heads import (  # noqa: F401  the heads are part of this module's names
+    BINARY,
+    BINARY_KINDS,
+    CLASS_KINDS,
+    PIXEL_BINARY,
+    PIXEL_KINDS,
+    PIXEL_SOFTMAX,
+    REGRESSION,
+    SOFTMAX,
+    Head,
+)
 from jaxcnn.nn.layers import Layer
 
 Array = jax.Array
@@ -32,45 +43,7 @@ def _needs(leaves: dict[str, Any]) -> str:
     return ", ".join(f"{k!r} {v}" for k, v in leaves.items())
 
 
-class Head(NamedTuple):
-    """The output nonlinearity and its loss, fused on the logits (exact and stable).
-
-    kind: "binary" (one logit, 0./1. float labels) or "softmax" (K logits, int class ids).
-    """
-
-    name: str
-    kind: str
-    prob: Callable[[Array], Array]          # logits -> prediction
-    loss: Callable[[Array, Array], Array]   # (logits, y) -> scalar, mean over the batch
-    delta: Callable[[Array, Array], Array]  # (logits, y) -> dL/dlogits
-
-    def num_classes(self, output_shape: tuple[int, ...]) -> int:
-        """2 for a binary head, else the number of logits."""
-        return 2 if self.kind == "binary" else output_shape[0]
-
-    def predict(self, logits: Array) -> Array:
-        """Predicted labels (N,): logit > 0 (probability > 0.5) for binary, else the argmax."""
-        if self.kind == "binary":
-            return (logits[:, 0] > 0).astype(logits.dtype)
-        return jnp.argmax(logits, axis=-1)
-
-    def labels(self, num_classes: int) -> str:
-        """What y must hold, in words."""
-        if self.kind == "binary":
-            return "0./1. float labels"
-        return f"int class ids in [0, {num_classes})"
-
-    def label_dtype_ok(self, dtype: Any) -> bool:
-        kind = jnp.floating if self.kind == "binary" else jnp.integer
-        return bool(jnp.issubdtype(dtype, kind))
-
-
-BINARY = Head("sigmoid + binary cross-entropy", "binary", jax.nn.sigmoid,
-              forward.sigmoid_binary_cross_entropy,
-              lambda z, y: backward.sigmoid_binary_cross_entropy(1.0, z, y))
-SOFTMAX = Head("softmax + cross-entropy", "softmax", lambda z: jax.nn.softmax(z, axis=-1),
-               forward.softmax_cross_entropy,
-               lambda z, y: backward.softmax_cross_entropy(1.0, z, y))
+LAYOUTS = {2: "(N, W, C)", 3: "(N, H, W, C)", 4: "(N, D, H, W, C)"}
 
 
 class Trace(NamedTuple):
@@ -82,9 +55,10 @@ class Trace(NamedTuple):
 
 
 class Network:
-    """A chain of layers on images of `input_shape` (H, W, C), ending in a fused loss head."""
+    """A chain of layers on inputs of `input_shape` ((H, W, C) images, (W, C) signals, (D, H, W,
+    C) volumes), ending in a fused loss head."""
 
-    def __init__(self, name: str, layers: Sequence[Layer], input_shape: tuple[int, int, int],
+    def __init__(self, name: str, layers: Sequence[Layer], input_shape: tuple[int, ...],
                  head: Head):
         names = [layer.name for layer in layers]
         if len(set(names)) != len(names):
@@ -108,6 +82,12 @@ class Network:
                                   static_argnums=0)  # the random params are dead code here
         if head.kind == "binary" and self.output_shape != (1,):
             raise ValueError(f"{name}: a binary head needs one logit; got {self.output_shape}")
+        if head.kind in PIXEL_KINDS and len(self.output_shape) < 2:
+            raise ValueError(f"{name}: a per-position head needs logits (*S, K) with spatial "
+                             f"axes; got {self.output_shape}")
+        if head.kind == "pixel_binary" and self.output_shape[-1] != 1:
+            raise ValueError(f"{name}: a per-position binary head needs one logit per position, "
+                             f"(*S, 1); got {self.output_shape}")
         self.num_classes = head.num_classes(self.output_shape)
 
     def with_impl(self, impl: str) -> Network:
@@ -141,18 +121,21 @@ class Network:
 
     # ------------------------------------------------------------------ checks
     def check_input(self, x: Any) -> None:
-        """x must be (N, H, W, C) images of this network's input shape, of a floating dtype.
+        """x must be (N, *input_shape) of a floating dtype: (N, H, W, C) images, (N, W, C)
+        signals or (N, D, H, W, C) volumes.
 
         Args:
-          x: the images.
+          x: the inputs.
 
         Raises:
           TypeError: x is not an array, or not floating; ValueError: x has the wrong shape.
         """
         _geometry.array(self.name, "x", x)
-        if len(x.shape) != 4 or tuple(x.shape[1:]) != self.input_shape:
-            hwc = ", ".join(map(str, self.input_shape))
-            raise ValueError(f"{self.name} expects images of shape (N, {hwc}) (N, H, W, C); "
+        if len(x.shape) != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            dims = ", ".join(map(str, self.input_shape))
+            axes = LAYOUTS.get(len(self.input_shape), "(N, ...)")
+            what = "images" if len(self.input_shape) == 3 else "inputs"
+            raise ValueError(f"{self.name} expects {what} of shape (N, {dims}) {axes}; "
                              f"got x with shape {tuple(x.shape)}")
 
     def check_params(self, params: Any, dtype: Any = None) -> None:
@@ -258,7 +241,9 @@ class Network:
                                  f"needs {shape}")
 
     def check_labels(self, x: Any, y: Any) -> None:
-        """y must be (N,) labels: 0./1. floats for a binary head, int class ids otherwise.
+        """y must be the head's labels (`Head.label_shape`): (N,) 0./1. floats for a binary
+        head, (N,) int class ids for softmax, (N, *S) of either for a per-position head, float
+        targets shaped like the output for regression.
 
         Shape and dtype are checked always (they are static). The values are checked only when
         they are concrete (eager calls): a NaN or infinite binary label, a binary label outside
@@ -287,22 +272,26 @@ class Network:
         self.check_input(x)
         n = x.shape[0]
         kind = self.head.labels(self.num_classes)
+        want = self.head.label_shape(n, self.output_shape)
         if not hasattr(y, "dtype") or not hasattr(y, "shape"):
-            raise TypeError(f"{self.name} expects y to be a JAX or NumPy array of shape ({n},) "
+            raise TypeError(f"{self.name} expects y to be a JAX or NumPy array of shape {want} "
                             f"holding {kind}; got {type(y).__name__}")
-        if not self.head.label_dtype_ok(y.dtype) or tuple(y.shape) != (n,):
-            raise ValueError(f"{self.name} expects y of shape ({n},) holding {kind}; got shape "
+        if not self.head.label_dtype_ok(y.dtype) or tuple(y.shape) != want:
+            raise ValueError(f"{self.name} expects y of shape {want} holding {kind}; got shape "
                              f"{tuple(y.shape)} {y.dtype}")
         vals = _geometry.concrete(y)
         if vals is None or not vals.size:
             return
-        bad = np.flatnonzero(~np.isfinite(vals)) if self.head.kind == "binary" else ()
+        vals = vals.reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(vals)) if self.head.kind not in CLASS_KINDS else ()
         if len(bad):  # before the range check: every comparison with NaN is false
             i = int(bad[0])
             got = "NaN" if np.isnan(vals[i]) else str(vals[i])
             raise ValueError(f"{self.name} expects y holding {kind}; got {got} at index {i} "
                              f"({len(bad)} non-finite label{'s' if len(bad) > 1 else ''})")
-        high = 1 if self.head.kind == "binary" else self.num_classes - 1
+        if self.head.kind == "regression":
+            return
+        high = 1 if self.head.kind in BINARY_KINDS else self.num_classes - 1
         if vals.min() < 0 or vals.max() > high:
             raise ValueError(f"{self.name} expects y holding {kind}; got values in "
                              f"[{vals.min()}, {vals.max()}]")

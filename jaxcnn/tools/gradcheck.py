@@ -156,10 +156,7 @@ def _check_point(model: Any, dt: Any, batch: int, seed: int, jitter: float) -> t
     params = jax.tree.map(lambda p: p + jnp.asarray(jitter * rng.standard_normal(p.shape), dt),
                           params)
     x = jnp.asarray(rng.standard_normal((batch, *model.input_shape)), dt)
-    if model.head.kind == "binary":
-        y = jnp.asarray(rng.integers(0, 2, batch), dt)
-    else:
-        y = jnp.asarray(rng.integers(0, model.num_classes, batch))
+    y = jnp.asarray(model.head.random_labels(rng, batch, model.output_shape, dt))
     return params, state, x, y, k_drop
 
 
