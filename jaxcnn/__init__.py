@@ -13,7 +13,15 @@ The layout and the rules are described in docs/design.md.
 from jaxcnn import backward, forward
 from jaxcnn.nn import models
 from jaxcnn.nn.grads import autodiff_grad, manual_grad
-from jaxcnn.training.per_example import per_example_grads
+from jaxcnn.training.curvature import ggn_diagonal, hvp
+from jaxcnn.training.per_example import (
+    clipped_grad,
+    grad_statistics,
+    per_example_grad_norms,
+    per_example_grads,
+)
 
-__all__ = ["autodiff_grad", "backward", "forward", "manual_grad", "models", "per_example_grads"]
+__all__ = ["autodiff_grad", "backward", "clipped_grad", "forward", "ggn_diagonal",
+           "grad_statistics", "hvp", "manual_grad", "models", "per_example_grad_norms",
+           "per_example_grads"]
 __version__ = "0.1.0"

@@ -109,7 +109,7 @@ def test_the_checked_modules_are_the_ones_named():
     assert {"jaxcnn.forward.conv", "jaxcnn.backward.pool", "jaxcnn.nn.layers",
             "jaxcnn.nn.grads", "jaxcnn.training.steps", "jaxcnn.training.plots"} <= set(
         CHECKED_MODULES)
-    assert "jaxcnn.forward.conv.conv2d" in FUNCTIONS and "jaxcnn.nn.layers.Conv2D" in FUNCTIONS
+    assert "jaxcnn.forward.conv.conv2d" in FUNCTIONS and "jaxcnn.nn.conv_layers.Conv2D" in FUNCTIONS
     assert not any(".backward._upstream" in name for name in FUNCTIONS)
     assert len(FUNCTIONS) > 100
 

@@ -17,7 +17,9 @@ Each returns a `jaxcnn.nn.layers.Layer` (init, apply, backward, spec, with_impl)
             "shortcut": sub-spec or None}, {"kind": "SkipConcat", "inner": sub-spec}; a sub-spec
             is the sub-layer's spec with its "name";
     with_impl the block with every sub-layer's convolutions in another formulation (None when no
-            sub-layer has a convolution).
+            sub-layer has a convolution);
+    norms   per-example squared gradient norms through the block: the sub-layers' `norms`
+            chained as their backward is, their sq (N,) summed (None when a sub-layer has none).
 A ReLU after a residual join is just the next layer of the enclosing Serial.
 
 Sub-layer keys: a block's `apply` gets one PRNG key and folds in the sub-layer's position
@@ -125,6 +127,21 @@ def _serial_backward(layers: tuple[Layer, ...], dy: Array, params: dict, x: Arra
     return dy, {n: grads[n] for n in params}
 
 
+def _serial_norms(layers: tuple[Layer, ...], g: Array, params: dict, x: Array, residual: dict,
+                  method: str) -> tuple[Array, Array]:
+    """`_serial_backward` for per-example rows g, summing the sub-layers' squared norms."""
+    inputs, sq = [x, *residual["inputs"]], 0.0
+    for layer, x_k, r_k in zip(reversed(layers), reversed(inputs),
+                               reversed(residual["residuals"])):
+        g, sq_k = layer.norms(g, params.get(layer.name, {}), x_k, r_k, method)
+        sq = sq + sq_k
+    return g, sq
+
+
+def _norms_of(*layers: Layer | None) -> bool:
+    return all(layer.norms is not None for layer in layers if layer is not None)
+
+
 def Serial(*layers: Layer, name: str = "serial") -> Layer:
     """A chain of layers as one layer: y = l_K(... l_2(l_1(x))).
 
@@ -157,7 +174,8 @@ def Serial(*layers: Layer, name: str = "serial") -> Layer:
     spec = {"kind": "Serial", "layers": [_sub_spec(layer) for layer in layers]}
     has_impl = any(layer.with_impl for layer in layers)
     return Layer(name, partial(_serial_init, layers), partial(_serial_apply, layers),
-                 partial(_serial_backward, layers), spec, with_impl if has_impl else None)
+                 partial(_serial_backward, layers), spec, with_impl if has_impl else None,
+                 partial(_serial_norms, layers) if _norms_of(*layers) else None)
 
 
 # ----------------------------------------------------------------------------- Residual
@@ -220,6 +238,16 @@ def _residual_backward(f: Layer, shortcut: Layer | None, dy: Array, params: dict
     return dx, {slot: grads[slot] for slot in params}
 
 
+def _residual_norms(f: Layer, shortcut: Layer | None, g: Array, params: dict, x: Array,
+                    residual: dict, method: str) -> tuple[Array, Array]:
+    """`_residual_backward` for per-example rows g: both paths' dx added, their sq summed."""
+    dx, sq = f.norms(g, params.get("f", {}), x, residual["f"], method)
+    if shortcut is None:
+        return dx + g, sq
+    dx_s, sq_s = shortcut.norms(g, params.get("shortcut", {}), x, residual["shortcut"], method)
+    return dx + dx_s, sq + sq_s
+
+
 def Residual(f: Layer, shortcut: Layer | None = None, *, name: str = "residual") -> Layer:
     """A residual join (He et al. 2016): y = f(x) + shortcut(x), the shortcut the identity
     (y = f(x) + x) when None.
@@ -253,7 +281,8 @@ def Residual(f: Layer, shortcut: Layer | None = None, *, name: str = "residual")
     has_impl = f.with_impl or (shortcut is not None and shortcut.with_impl)
     return Layer(name, partial(_residual_init, f, shortcut, name),
                  partial(_residual_apply, f, shortcut), partial(_residual_backward, f, shortcut),
-                 spec, with_impl if has_impl else None)
+                 spec, with_impl if has_impl else None,
+                 partial(_residual_norms, f, shortcut) if _norms_of(f, shortcut) else None)
 
 
 # ----------------------------------------------------------------------------- SkipConcat
@@ -304,8 +333,13 @@ def SkipConcat(inner: Layer, *, name: str = "skip") -> Layer:
         dx = dy[..., :c] + dx_inner  # x fed both the skip and inner: the two gradients add
         return dx, ({"inner": g} if "inner" in params else {})
 
+    def norms(g, params, x, residual, method):
+        c = x.shape[-1]
+        dx_inner, sq = inner.norms(g[..., c:], params.get("inner", {}), x, residual, method)
+        return g[..., :c] + dx_inner, sq
+
     def with_impl(impl: str) -> Layer:
         return SkipConcat(_rebuilt(inner, impl), name=name)
 
     return Layer(name, init, apply, backward_, {"kind": "SkipConcat", "inner": _sub_spec(inner)},
-                 with_impl if inner.with_impl else None)
+                 with_impl if inner.with_impl else None, norms if inner.norms else None)

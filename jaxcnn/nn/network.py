@@ -351,14 +351,16 @@ class Network:
         return self.loss_and_trace(params, x, y, **kw)[0]
 
     # ------------------------------------------------------------------ backward
-    def backprop(self, params: Params, trace: Trace, y: Array) -> tuple[Params, list[Array]]:
+    def backprop(self, params: Params, trace: Trace, y: Array, *,
+                 delta: Array | None = None) -> tuple[Params, list[Array]]:
         """The manual backward pass: (grads with params' structure, deltas).
 
-        deltas[i] is dL/d(activations[i]): deltas[-1] the loss delta on the logits, deltas[0]
+        deltas[i] is dL/d(activations[i]): deltas[-1] the loss delta on the logits (the head's,
+        or `delta` when given: e.g. its rows re-weighted, as clipped gradients need), deltas[0]
         the gradient with respect to the input images.
         """
         acts = trace.activations
-        delta = self.head.delta(acts[-1], y)
+        delta = self.head.delta(acts[-1], y) if delta is None else delta
         deltas, grads = [delta], {}
         for layer, x, res in zip(reversed(self.layers), reversed(acts[:-1]),
                                  reversed(trace.residuals)):
@@ -367,6 +369,28 @@ class Network:
             if layer.name in params:
                 grads[layer.name] = g
         return {name: grads[name] for name in params}, deltas[::-1]
+
+    def per_example_sq_norms(self, params: Params, trace: Trace, y: Array,
+                             method: str = "auto") -> Array:
+        """(N,) = ||grad l_i||^2 over all params, l_i each example's loss, by the layers'
+        `norms` rules (`jaxcnn.nn.ghost`): the backward pass of the per-example rows of the
+        loss delta, N dL/dz (L = (1/N) sum_i l_i), summing each layer's squared norms.
+
+        Raises:
+          ValueError: a layer has no per-example norm rule (a custom layer without `norms`),
+            or mixes the examples (BatchNorm in training mode).
+        """
+        acts = trace.activations
+        g = self.head.delta(acts[-1], y) * acts[-1].shape[0]
+        sq = jnp.zeros((acts[-1].shape[0],), g.dtype)
+        for layer, x, res in zip(reversed(self.layers), reversed(acts[:-1]),
+                                 reversed(trace.residuals)):
+            if layer.norms is None:
+                raise ValueError(f"{self.name}: layer {layer.name!r} ({self._kinds[layer.name]}) "
+                                 f"has no per-example norm rule (Layer.norms)")
+            g, sq_k = layer.norms(g, params.get(layer.name, {}), x, res, method)
+            sq = sq + sq_k
+        return sq
 
     def __repr__(self) -> str:
         rows = [f"  {'input':12} {self.input_shape}"]

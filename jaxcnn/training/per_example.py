@@ -1,15 +1,37 @@
-"""Each example's own gradient, by the hand-written backward pass under `vmap`."""
+"""Each example's own gradient, its norm and the clipped mean, by the hand-written backward pass.
+
+    per_example_grads        grad l_i for every i: the manual backward of one example, vmapped
+    per_example_grad_norms   ||grad l_i||: the layers' ghost norms (jaxcnn.nn.ghost), with no
+                             per-example gradient materialised where a layer allows it
+    clipped_grad             (1/N) sum_i min(1, C / ||grad l_i||) grad l_i: the norms, then one
+                             more backward pass of the loss delta with its rows re-weighted
+    grad_statistics          per parameter, sum_i (grad l_i)^2 and the variance over the batch
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
+import jax.numpy as jnp
 
 from jaxcnn.forward.conv import per_example_rule
+from jaxcnn.nn import ghost
 from jaxcnn.nn.combinators import kinds
 from jaxcnn.nn.grads import manual_grad
 from jaxcnn.nn.network import Network, Params, State
 
 Array = jax.Array
+
+
+def _check(fn: str, model: Network, x: Array, y: Array, train: bool) -> None:
+    """x and y for the model; BatchNorm refused in training mode (it mixes the examples)."""
+    model.check_input(x)
+    model.check_labels(x, y)
+    if train and any("BatchNorm" in kinds(layer) for layer in model.layers):
+        raise ValueError(f"{fn}: {model.name} has BatchNorm, which mixes the examples of a "
+                         f"batch in training mode; use GroupNorm or LayerNorm (e.g. "
+                         f"resnet20(norm=\"group\")), or train=False")
 
 
 def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
@@ -30,15 +52,146 @@ def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
       grads with params' structure, every leaf with a leading axis N; their mean over N is the
       batch gradient (the loss is a mean over the batch).
     """
-    model.check_input(x)
-    model.check_labels(x, y)
-    if train and any("BatchNorm" in kinds(layer) for layer in model.layers):
-        raise ValueError(f"per_example_grads: {model.name} has BatchNorm, which mixes the "
-                         f"examples of a batch in training mode; use GroupNorm or LayerNorm, "
-                         f"or train=False")
+    _check("per_example_grads", model, x, y, train)
 
     def one(xi, yi):
         return manual_grad(model, params, xi[None], yi[None], state=state, train=train)[1]
 
     with per_example_rule():  # read while vmap traces `one`
         return jax.vmap(one)(x, y)
+
+
+def per_example_grad_norms(model: Network, params: Params, x: Array, y: Array, *,
+                           state: State | None = None, train: bool = False,
+                           key: Array | None = None, method: str = "auto") -> Array:
+    """||grad l_i||_2 over all parameters, for every example, without materialising
+    per-example gradients where a layer allows it (`jaxcnn.nn.ghost`): dense layers by the
+    ghost norm `||a_i||^2 ||g_i||^2`, convolutions by the ghost sum over position pairs or the
+    instantiated per-example dW, whichever `ghost.choose` counts cheaper (method "auto"), or
+    the one `method` forces ("ghost", "instantiate") on every convolution; biases and the
+    scales of GroupNorm, LayerNorm and (evaluation-mode) BatchNorm exactly.
+
+    Args:
+      model, params: a `Network` and its parameters; state: its running averages.
+      x: (N, *input_shape); y: the head's labels (N,) or (N, *S).
+      train: training mode (Dropout active with `key`), refused for a model with BatchNorm.
+      key: the Dropout key in training mode.
+      method: "auto", "ghost" or "instantiate".
+
+    Returns:
+      (N,) norms, in x's dtype.
+    """
+    _check("per_example_grad_norms", model, x, y, train)
+    ghost.check_method("per_example_grad_norms", method)
+    _, trace = model.loss_and_trace(params, x, y, state=state, train=train, key=key)
+    return jnp.sqrt(model.per_example_sq_norms(params, trace, y, method))
+
+
+def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_norm: float,
+                 state: State | None = None, key: Array | None = None,
+                 method: str = "auto") -> tuple[Array, Params]:
+    """DP-SGD's clipped mean, no noise, in training mode:
+    `(1/N) sum_i min(1, C / ||grad l_i||) grad l_i`, C = clip_norm.
+
+    Book-keeping (Bu et al. 2022): the norms come from `per_example_grad_norms`' pass, then
+    one more backward pass of the loss delta whose rows are scaled by w_i = min(1, C / ||grad
+    l_i||): every gradient is linear in the rows of the delta, so that pass gives
+    (1/N) sum_i w_i grad l_i, and no per-example gradient is stored for a layer whose ghost
+    norm was chosen. An example whose gradient is 0 gets w_i = 1.
+
+    Args:
+      model, params, x, y, state: as `per_example_grad_norms`; key: the Dropout key.
+      clip_norm: C > 0.
+      method: the norm method ("auto", "ghost", "instantiate").
+
+    Returns:
+      (L, grads): the plain mean loss over the batch and the clipped mean gradient, params'
+      structure.
+
+    Raises:
+      ValueError: clip_norm <= 0 (or not a number); a model with BatchNorm (it mixes the
+        examples: use GroupNorm or LayerNorm).
+    """
+    check_clip_norm("clipped_grad", clip_norm)
+    _check("clipped_grad", model, x, y, train=True)
+    refuse_batchnorm("clipped_grad", model)
+    ghost.check_method("clipped_grad", method)
+    out = clipped_sum(model, params, x, y, clip_norm=clip_norm, state=state, key=key,
+                      method=method)
+    n = x.shape[0]
+    return out["loss_sum"] / n, jax.tree.map(lambda g: g / n, out["grads"])
+
+
+def refuse_batchnorm(fn: str, model: Network) -> None:
+    """A ValueError pointing to GroupNorm / LayerNorm for a model with BatchNorm."""
+    if any("BatchNorm" in kinds(layer) for layer in model.layers):
+        raise ValueError(f"{fn}: {model.name} has BatchNorm, whose batch statistics mix the "
+                         f"examples, so no example has a gradient of its own to clip; use "
+                         f"GroupNorm or LayerNorm (e.g. resnet20(norm=\"group\"))")
+
+
+def clipped_sum(model: Network, params: Params, x: Array, y: Array, *, clip_norm: float,
+                mask: Array | None = None, state: State | None = None,
+                key: Array | None = None, method: str = "auto") -> dict[str, Any]:
+    """The sums behind `clipped_grad` and DP-SGD, training mode, over the rows with mask 1:
+
+        "grads"     sum_i mask_i min(1, C / ||grad l_i||) grad l_i   (params' structure)
+        "loss_sum"  sum_i mask_i l_i
+        "correct"   sum_i mask_i (the fraction of example i's labels predicted right)
+        "clipped"   sum_i mask_i [||grad l_i|| > C]
+        "norms"     (N,) ||grad l_i||
+
+    One forward pass, the per-example norms (`Network.per_example_sq_norms`), then one backward
+    pass of the loss delta with row i scaled by N mask_i w_i (the head's delta carries 1/N).
+    mask None: every row counts.
+    """
+    _, trace = model.loss_and_trace(params, x, y, state=state, train=True, key=key)
+    z = trace.activations[-1]
+    n = z.shape[0]
+    mask = jnp.ones((n,), z.dtype) if mask is None else mask.astype(z.dtype)
+    norms = jnp.sqrt(model.per_example_sq_norms(params, trace, y, method))
+    weights = clip_weights(norms, clip_norm) * mask
+    delta = model.head.delta(z, y)
+    delta = delta * (n * weights).reshape((-1,) + (1,) * (delta.ndim - 1))
+    grads, _ = model.backprop(params, trace, y, delta=delta)
+    losses = jax.vmap(lambda zi, yi: model.head.loss(zi[None], yi[None]))(z, y)
+    right = (model.head.predict(z) == y).reshape(n, -1).mean(axis=1)
+    return {"grads": grads, "loss_sum": jnp.sum(mask * losses),
+            "correct": jnp.sum(mask * right), "norms": norms,
+            "clipped": jnp.sum(mask * (norms > clip_norm))}
+
+
+def clip_weights(norms: Array, clip_norm: float) -> Array:
+    """(N,) = min(1, C / ||g_i||), 1 where ||g_i|| = 0."""
+    safe = jnp.where(norms > 0, norms, 1.0)
+    return jnp.where(norms > clip_norm, clip_norm / safe, 1.0).astype(norms.dtype)
+
+
+def check_clip_norm(fn: str, clip_norm: object) -> None:
+    """clip_norm must be a real number > 0."""
+    if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float)) \
+            or not clip_norm > 0 or clip_norm != clip_norm:
+        raise ValueError(f"{fn}: clip_norm must be a number > 0; got {clip_norm!r}")
+
+
+def grad_statistics(model: Network, params: Params, x: Array, y: Array, *,
+                    state: State | None = None, train: bool = False) -> dict[str, Params]:
+    """BackPACK's SumGradSquared and Variance from the per-example gradients of one pass:
+    per parameter, `sum_i (grad l_i)^2` and the variance over the batch `(1/N) sum_i (grad
+    l_i)^2 - ((1/N) sum_i grad l_i)^2` (its mean is the batch gradient).
+
+    (BackPACK's own, for a mean-reduced loss, are of the individual gradients (1/N) grad l_i:
+    divide these by N^2.)
+
+    Args:
+      model, params, state, train: as `per_example_grads`; x: (N, *input_shape); y: the head's
+        labels (N,) or (N, *S).
+
+    Returns:
+      {"sum_grad_squared": ..., "variance": ...}, each with params' structure and shapes.
+    """
+    g = per_example_grads(model, params, x, y, state=state, train=train)
+    n = x.shape[0]
+    sq = jax.tree.map(lambda v: jnp.sum(v * v, axis=0), g)
+    var = jax.tree.map(lambda s, v: s / n - jnp.mean(v, axis=0) ** 2, sq, g)
+    return {"sum_grad_squared": sq, "variance": var}

@@ -1,0 +1,154 @@
+"""The convolution layers: Conv1D/2D/3D and ConvTranspose1D/2D/3D, one factory (`jaxcnn.nn.layers`
+describes the protocol)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from jaxcnn import _geometry, backward, forward
+from jaxcnn._geometry import Padding
+from jaxcnn.forward.conv import check_impl
+from jaxcnn.nn import ghost
+from jaxcnn.nn.layer import HE_NORMAL, Initializer, Layer, _features, _out_shape
+
+CONV_OPS = {  # layer kind -> (spatial axes, forward op name, transposed?)
+    "Conv1D": (1, "conv1d", False), "Conv2D": (2, "conv2d", False),
+    "Conv3D": (3, "conv3d", False), "ConvTranspose1D": (1, "conv_transpose1d", True),
+    "ConvTranspose2D": (2, "conv_transpose2d", True),
+    "ConvTranspose3D": (3, "conv_transpose3d", True),
+}
+
+
+def _conv_layer(kind: str, features: int, kernel: Any, use_bias: bool, w_init: Initializer,
+                impl: str, name: str, **opts: Any) -> Layer:
+    """Every convolution layer: `kind` names the op pair in `jaxcnn.forward` / `backward`
+    (`CONV_OPS`); opts are the op's keyword options, checked once here by `jax.eval_shape`
+    when the network is built. The kernel is (*kernel, C_in // groups, features) for a
+    convolution and (*kernel, features // groups, C_in) for a transposed one (the kernel of
+    the convolution it transposes, as torch's weight with its axes moved)."""
+    n, op, transposed = CONV_OPS[kind]
+    ks = _geometry.tuple_n(kind, "kernel", kernel, n)
+    _features(kind, name, features)
+    def fwd(*args, **kw):  # looked up at each call, so that a patched rule (gradcheck's
+        return getattr(forward, op)(*args, **kw)  # --sabotage) is the one that runs
+
+    conv_opts = dict(opts) if transposed else dict(opts, impl=check_impl(f"{kind} {name!r}", impl))
+    groups = opts["groups"]
+
+    def init(key, in_shape, dtype):
+        c_in = in_shape[-1]
+        w_shape = (*ks, features // groups, c_in) if transposed else \
+            (*ks, c_in // groups, features)
+        w = w_init(key, w_shape, dtype)
+        params = {"w": w, "b": jnp.zeros((features,), dtype)} if use_bias else {"w": w}
+        out = _out_shape(lambda x, w: fwd(x, w, **opts), in_shape, dtype, w)
+        return out, params, {}
+
+    def apply(params, state, x, *, train=False, key=None, axis_name=None):
+        return fwd(x, params["w"], params.get("b"), **conv_opts), state, None
+
+    def backward_(dy, params, x, residual):
+        dx, dw, db = getattr(backward, op)(dy, x, params["w"], **conv_opts)
+        return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
+
+    def norms(g, params, x, residual, method):
+        w, o = params["w"], opts
+        if transposed:  # dW pairs the patches of g (the transposed conv's output) with x
+            win = _geometry.conv_transpose(kind, x, w, o["stride"], o["padding"],
+                                           o["output_padding"], o["dilation"], groups,
+                                           spatial=n).conv.win
+            sq = ghost.conv_weight(g, x, win, groups, method)
+        else:
+            win = _geometry.conv(kind, x, w, o["stride"], o["padding"], o["dilation"], groups,
+                                 spatial=n).win
+            sq = ghost.conv_weight(x, g, win, groups, method)
+        return backward_(g, params, x, residual)[0], sq + ghost.bias(g) if use_bias else sq
+
+    def with_impl(new: str) -> Layer:
+        return _conv_layer(kind, features, ks, use_bias, w_init, new, name, **opts)
+
+    spec = {"kind": kind, "features": features, "kernel": ks, "use_bias": use_bias, **opts}
+    if not transposed:
+        spec["impl"] = impl
+    return Layer(name, init, apply, backward_, spec, None if transposed else with_impl, norms)
+
+
+def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,
+           stride: int | tuple[int, int] = 1, padding: Padding = "VALID",
+           dilation: int | tuple[int, int] = 1, groups: int = 1, use_bias: bool = True,
+           w_init: Initializer = HE_NORMAL, impl: str = "conv", name: str = "conv") -> Layer:
+    """2-D convolution (cross-correlation) with `features` filters of size `kernel`.
+
+    params: {"w": (kh, kw, C_in // groups, features), "b": (features,)}. (H, W, C_in) ->
+    (O_h, O_w, features); all of `forward.conv2d`'s options, and `impl`, the formulation of the
+    forward and of the rule (see `jaxcnn.fast.auto`).
+    """
+    return _conv_layer("Conv2D", features, kernel, use_bias, w_init, impl, name, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups)
+
+
+def Conv1D(features: int, kernel: int | tuple[int] = 3, *, stride: int | tuple[int] = 1,
+           padding: Padding = "VALID", dilation: int | tuple[int] = 1, groups: int = 1,
+           use_bias: bool = True, w_init: Initializer = HE_NORMAL, impl: str = "conv",
+           name: str = "conv") -> Layer:
+    """1-D convolution (`forward.conv1d`): (W, C_in) -> (O, features); params {"w": (k,
+    C_in // groups, features), "b": (features,)}; options as Conv2D's, one int per axis."""
+    return _conv_layer("Conv1D", features, kernel, use_bias, w_init, impl, name, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups)
+
+
+def Conv3D(features: int, kernel: int | tuple[int, int, int] = 3, *,
+           stride: int | tuple[int, int, int] = 1, padding: Padding = "VALID",
+           dilation: int | tuple[int, int, int] = 1, groups: int = 1, use_bias: bool = True,
+           w_init: Initializer = HE_NORMAL, impl: str = "conv", name: str = "conv") -> Layer:
+    """3-D convolution (`forward.conv3d`): (D, H, W, C_in) -> (O_d, O_h, O_w, features);
+    params {"w": (kd, kh, kw, C_in // groups, features), "b": (features,)}."""
+    return _conv_layer("Conv3D", features, kernel, use_bias, w_init, impl, name, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups)
+
+
+def _transpose(kind: str, features: int, kernel: Any, stride: Any, padding: Any,
+               output_padding: Any, dilation: Any, groups: int, use_bias: bool,
+               w_init: Initializer, name: str) -> Layer:
+    return _conv_layer(kind, features, kernel, use_bias, w_init, "conv", name, stride=stride,
+                       padding=padding, output_padding=output_padding, dilation=dilation,
+                       groups=groups)
+
+
+def ConvTranspose1D(features: int, kernel: int | tuple[int] = 2, *, stride: int | tuple[int] = 1,
+                    padding: int | tuple[int] = 0, output_padding: int | tuple[int] = 0,
+                    dilation: int | tuple[int] = 1, groups: int = 1, use_bias: bool = True,
+                    w_init: Initializer = HE_NORMAL, name: str = "deconv") -> Layer:
+    """1-D transposed convolution (`forward.conv_transpose1d`, torch's semantics): (W, C_in) ->
+    (O, features), O = (W - 1) s - 2 p + d (k - 1) + output_padding + 1; params {"w": (k,
+    features // groups, C_in), "b": (features,)}."""
+    return _transpose("ConvTranspose1D", features, kernel, stride, padding, output_padding,
+                      dilation, groups, use_bias, w_init, name)
+
+
+def ConvTranspose2D(features: int, kernel: int | tuple[int, int] = 2, *,
+                    stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                    output_padding: int | tuple[int, int] = 0,
+                    dilation: int | tuple[int, int] = 1, groups: int = 1,
+                    use_bias: bool = True, w_init: Initializer = HE_NORMAL,
+                    name: str = "deconv") -> Layer:
+    """2-D transposed convolution (`forward.conv_transpose2d`): (H, W, C_in) -> (O_h, O_w,
+    features), O per axis as ConvTranspose1D; params {"w": (kh, kw, features // groups, C_in),
+    "b": (features,)}. A U-Net's learned upsampling: kernel 2, stride 2 doubles H and W."""
+    return _transpose("ConvTranspose2D", features, kernel, stride, padding, output_padding,
+                      dilation, groups, use_bias, w_init, name)
+
+
+def ConvTranspose3D(features: int, kernel: int | tuple[int, int, int] = 2, *,
+                    stride: int | tuple[int, int, int] = 1,
+                    padding: int | tuple[int, int, int] = 0,
+                    output_padding: int | tuple[int, int, int] = 0,
+                    dilation: int | tuple[int, int, int] = 1, groups: int = 1,
+                    use_bias: bool = True, w_init: Initializer = HE_NORMAL,
+                    name: str = "deconv") -> Layer:
+    """3-D transposed convolution (`forward.conv_transpose3d`): (D, H, W, C_in) -> (O_d, O_h,
+    O_w, features); params {"w": (kd, kh, kw, features // groups, C_in), "b": (features,)}."""
+    return _transpose("ConvTranspose3D", features, kernel, stride, padding, output_padding,
+                      dilation, groups, use_bias, w_init, name)
