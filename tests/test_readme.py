@@ -93,23 +93,27 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
                                                           re.S | re.M)]
 
 
-def test_the_walkthrough_excerpt_is_real_output():
-    """The README's walkthrough block: every line but the elisions ("...") and the prompt is a
-    line that `jaxcnn walkthrough` prints, in the same order. Run as a user runs it, without
-    the test run's XLA flags (they move the last bit of some differences: 1e-16 instead of 0)."""
-    excerpt = next(body for info, body in fenced_blocks(README.read_text())
-                   if body.startswith("$ jaxcnn walkthrough"))
+def test_the_walkthrough_excerpts_are_real_output():
+    """The README's walkthrough blocks (`$ jaxcnn walkthrough ...`): every line but the elisions
+    ("...") and the prompt is a line that the command on the `$` line prints, in the same order.
+    Run as a user runs it, without the test run's XLA flags (they move the last bit of some
+    differences: 1e-16 instead of 0)."""
+    excerpts = [body for info, body in fenced_blocks(README.read_text())
+                if body.startswith("$ jaxcnn walkthrough")]
+    assert len(excerpts) >= 2, "the seed and the residual walkthrough excerpts"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-m", "jaxcnn.tools.cli", "walkthrough"], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    real = proc.stdout.splitlines()
-    at = 0
-    for line in excerpt.splitlines()[1:]:
-        if line.strip() in ("", "..."):
-            continue
-        assert line in real[at:], f"not in the real output (in order): {line!r}"
-        at = real.index(line, at) + 1
+    for excerpt in excerpts:
+        argv = excerpt.splitlines()[0].split()[2:]  # after "$ jaxcnn"
+        proc = subprocess.run([sys.executable, "-m", "jaxcnn.tools.cli", *argv], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        real = proc.stdout.splitlines()
+        at = 0
+        for line in excerpt.splitlines()[1:]:
+            if line.strip() in ("", "..."):
+                continue
+            assert line in real[at:], f"{argv}: not in the real output (in order): {line!r}"
+            at = real.index(line, at) + 1
 
 
 def test_the_command_synopsis_names_real_options():

@@ -105,17 +105,22 @@ def deep_cnn(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int =
     ], input_shape, SOFTMAX)
 
 
-def cifar_cnn(num_classes: int = 10, *, impl: str = "conv") -> Network:
+def cifar_cnn(num_classes: int = 10, *, norm: str | None = None, impl: str = "conv") -> Network:
     """A CIFAR-shaped CNN for 32x32x3 images: conv 3x3, 32 SAME -> conv 3x3, 64 SAME -> pool ->
     conv 3x3, 128 SAME -> pool -> flatten (8 * 8 * 128) -> dense num_classes; ReLU after each
-    convolution."""
-    return Network("cifar_cnn", [
-        Conv2D(32, 3, padding="SAME", impl=impl, name="conv1"), ReLU(name="relu1"),
-        Conv2D(64, 3, padding="SAME", impl=impl, name="conv2"), ReLU(name="relu2"),
-        MaxPool(2, name="pool1"),
-        Conv2D(128, 3, padding="SAME", impl=impl, name="conv3"), ReLU(name="relu3"),
-        MaxPool(2, name="pool2"),
-        Flatten(), Dense(num_classes, name="dense"),
+    convolution. norm="group": a GroupNorm (8 groups) between each convolution and its ReLU
+    ("cifar-gn", for per-example gradients and DP-SGD)."""
+    if norm not in (None, "group"):
+        raise ValueError(f"cifar_cnn: norm must be None or 'group'; got {norm!r}")
+
+    def unit(c: int, i: int) -> list[Layer]:
+        conv = [Conv2D(c, 3, padding="SAME", impl=impl, name=f"conv{i}")]
+        gn = [GroupNorm(8, name=f"norm{i}")] if norm == "group" else []
+        return [*conv, *gn, ReLU(name=f"relu{i}")]
+
+    return Network("cifar_cnn" if norm is None else "cifar_cnn_gn", [
+        *unit(32, 1), *unit(64, 2), MaxPool(2, name="pool1"), *unit(128, 3),
+        MaxPool(2, name="pool2"), Flatten(), Dense(num_classes, name="dense"),
     ], (32, 32, 3), SOFTMAX)
 
 
@@ -289,6 +294,7 @@ MODELS: dict[str, Callable[..., Network]] = {
     "deep": deep_cnn,
     "deep-digits": lambda **kw: deep_cnn((8, 8, 1), **kw),
     "cifar": cifar_cnn,
+    "cifar-gn": lambda **kw: cifar_cnn(norm="group", **kw),
     "resnet20": resnet20,
     "resnet20-gn": lambda **kw: resnet20(norm="group", **kw),
     # for --data shapes: background, disc, square (jaxcnn.training.synthetic.SHAPE_CLASSES)
