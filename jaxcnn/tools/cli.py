@@ -1,7 +1,8 @@
 """The `jaxcnn` command line: one subcommand per registered `Command`.
 
     jaxcnn train [--model NAME] [--data digits|digits32|synthetic|mnist:DIR|cifar10:DIR] ...
-    jaxcnn walkthrough [--seed N] [--label {0,1}] [--image FILE.npy] [--plot FILE.png] [--json]
+    jaxcnn walkthrough [--block seed|residual] [--seed N] [--label {0,1}] [--image FILE.npy]
+                       [--plot FILE.png] [--json]
     jaxcnn gradcheck --model NAME [--dtype float64|float32] [--batch N] [--seed N] [--train]
     jaxcnn bench [--against torch] [--impl conv,gemm,auto] [--networks seed:1,lenet5:128]
     jaxcnn explain conv2d --input 7x7x3 --kernel 3x3 --filters 4 --stride 2 --padding SAME
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from jaxcnn.nn import grads, lookup, models
-from jaxcnn.tools import bench, bench_torch, explain, gradcheck, walkthrough
+from jaxcnn.tools import bench, bench_torch, explain, gradcheck, walkthrough, walkthrough_residual
 from jaxcnn.training import optim
 from jaxcnn.training import run as trainer
 
@@ -177,16 +178,25 @@ def _check_parent(flag: str, path: str | None) -> None:
 
 # ----------------------------------------------------------------------------- walkthrough
 def _walkthrough_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--block", choices=("seed", "residual"), default="seed",
+                   help="seed: the worked example's 15-parameter CNN; residual: one residual "
+                   "basic block, relu(BN2(conv2(relu(BN1(conv1(x))))) + x), where the "
+                   "shortcut's and the branch's gradients meet")
     p.add_argument("--seed", type=SEED, default=0,
-                   help="PRNG seed of the parameters and of the default image")
+                   help="PRNG seed of the parameters and of the default image (residual: of "
+                   "the input)")
     p.add_argument("--label", type=float, default=1.0, metavar="{0,1}",
-                   help="the true label Y")
-    p.add_argument("--image", metavar="FILE.npy", help="a 6x6 (or 6x6x1) image to use instead")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw the maps as heatmaps to a PNG")
+                   help="the true label Y (seed block only)")
+    p.add_argument("--image", metavar="FILE.npy",
+                   help="a 6x6 (or 6x6x1) image to use instead (seed block only)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the maps as heatmaps to a PNG (seed block only)")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
 
 
 def _walkthrough(args: argparse.Namespace) -> int:
+    if args.block == "residual":
+        return _walkthrough_residual(args)
     _check_parent("--plot", args.plot)
     image = None if args.image is None else walkthrough.load_image(args.image)
     result = walkthrough.run(args.seed, args.label, image)
@@ -198,6 +208,17 @@ def _walkthrough(args: argparse.Namespace) -> int:
         print(walkthrough.format_text(result))
         if args.plot:
             print(f"Figure written to {args.plot}")
+    return 0 if result["ok"] else 1
+
+
+def _walkthrough_residual(args: argparse.Namespace) -> int:
+    for flag, given in (("--label", args.label != 1.0), ("--image", args.image is not None),
+                        ("--plot", args.plot is not None)):
+        if given:
+            raise ValueError(f"{flag} applies to --block seed only; --block residual takes "
+                             f"--seed and --json")
+    result = walkthrough_residual.run(args.seed)
+    print(json.dumps(result, indent=1) if args.json else walkthrough_residual.format_text(result))
     return 0 if result["ok"] else 1
 
 
@@ -332,8 +353,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 register("train", "train a model with the hand-written gradients (the main job)", _train_args,
          _train)
-register("walkthrough", "the seed CNN's forward and backward pass, tensor by tensor, manual "
-         "vs jax.grad", _walkthrough_args, _walkthrough)
+register("walkthrough", "the seed CNN's (or a residual block's) forward and backward pass, "
+         "tensor by tensor, manual vs jax.grad", _walkthrough_args, _walkthrough)
 register("gradcheck", "check a model's manual gradients against jax.grad and finite differences",
          _gradcheck_args, _gradcheck)
 register("bench", "time manual vs autodiff (and PyTorch) train steps, interleaved", _bench_args,
