@@ -123,13 +123,14 @@ def test_ggn_diagonal_equals_its_definition(name):
     model, params, x, y, _, _ = _setup(name)
     got = jax.jit(lambda p: jaxcnn.ggn_diagonal(model, p, x, y))(params)
 
-    def logits(p, xi):
-        return model.forward(p, xi[None]).activations[-1][0]
+    def logits(p, xi):  # flat: K = the output's size (a regression output may be (W, C))
+        return model.forward(p, xi[None]).activations[-1].reshape(-1)
 
     def one(xi, yi):
         z = logits(params, xi)
         j = jax.jacrev(logits)(params, xi)  # leaves (K, ...)
-        h = jax.hessian(lambda zz: model.head.loss(zz[None], yi[None]))(z)  # (K, K)
+        h = jax.hessian(lambda zz: model.head.loss(zz.reshape(1, *model.output_shape),
+                                                   yi[None]))(z)  # (K, K)
         return jax.tree.map(lambda jl: jnp.einsum("k...,kl,l...->...", jl, h, jl), j)
 
     want = jax.tree.map(lambda t: jnp.mean(t, axis=0), jax.vmap(one)(x, y))

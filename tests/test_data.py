@@ -274,8 +274,9 @@ def test_batches_validation():
 def test_load_specs():
     assert data.load("synthetic", seed=1).name == "synthetic"
     assert data.load("digits").image_shape == (8, 8, 1)
-    for bad in ("cifar", "mnist", "mnist:", "digits:x"):
-        with pytest.raises(ValueError, match=r"unknown dataset spec.*'mnist:DIR', 'fashion:DIR'"):
+    for bad in ("cifar", "mnist", "mnist:", "digits:x", "shapes:32", "volumes:", "signal"):
+        with pytest.raises(ValueError, match=r"unknown dataset spec.*'mnist:DIR', 'fashion:DIR'"
+                                             r".*'shapes', 'signals', 'volumes'"):
             data.load(bad)
 
 

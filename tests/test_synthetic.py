@@ -1,4 +1,4 @@
-"""jaxcnn.training.synthetic: digits32, shapes segmentation, 1-D signals, 3-D volumes.
+"""jaxcnn.training.synthetic: shapes segmentation, 1-D signals, 3-D volumes; and data.digits32.
 
 NumPy only, no network, small sizes. With the module's NOISE set to 0 the geometry of every
 generated object is checked exactly.
@@ -56,6 +56,7 @@ def test_shapes_and_dtypes(kind, dtype):
     ds = make(dtype=dtype, **kw)
     assert type(ds) is cls and ds.name == kind and ds.num_classes == k
     assert ds.x_train.shape == (kw["n_train"], *x_shape) and ds.sample_shape == x_shape
+    assert ds.image_shape == x_shape  # what run._setup compares with a model's input_shape
     assert ds.x_test.shape == (kw["n_test"], *x_shape)
     assert ds.y_train.shape == (kw["n_train"], *y_shape)
     assert ds.y_test.shape == (kw["n_test"], *y_shape)
@@ -191,7 +192,7 @@ def test_volume_solids(noiseless):
 
 # ----------------------------------------------------------------------------- digits32
 def test_digits32_is_the_8x8_digits_repeated():
-    d8, d32 = data.load_digits(seed=3), synthetic.digits32(seed=3)
+    d8, d32 = data.load_digits(seed=3), data.digits32(seed=3)
     assert (d32.name, d32.num_classes, d32.image_shape) == ("digits32", 10, (32, 32, 3))
     assert d32.x_train.dtype == np.float32 and d32.y_train.dtype == np.int32
     for a, b in ((d8.x_train, d32.x_train), (d8.x_test, d32.x_test)):
@@ -204,7 +205,7 @@ def test_digits32_is_the_8x8_digits_repeated():
     assert abs(d32.x_train.mean()) < 1e-5 and abs(d32.x_train.std() - 1) < 1e-5
     assert 1e-4 < abs(d32.x_test.mean()) < 0.1
     assert data.fingerprint(data.load("digits32", seed=3)) == data.fingerprint(d32)
-    assert synthetic.digits32 is data.digits32 and "'digits32'" in data.SPEC_FORMS
-    assert synthetic.digits32(dtype=np.float64).x_test.dtype == np.float64
+    assert "'digits32'" in data.SPEC_FORMS
+    assert data.digits32(dtype=np.float64).x_test.dtype == np.float64
     with pytest.raises(ValueError, match="unknown dataset spec"):
         data.load("digits32:x")

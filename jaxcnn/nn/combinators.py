@@ -129,13 +129,15 @@ def _serial_backward(layers: tuple[Layer, ...], dy: Array, params: dict, x: Arra
 
 def _serial_norms(layers: tuple[Layer, ...], g: Array, params: dict, x: Array, residual: dict,
                   method: str) -> tuple[Array, Array]:
-    """`_serial_backward` for per-example rows g, summing the sub-layers' squared norms."""
-    inputs, sq = [x, *residual["inputs"]], 0.0
+    """`_serial_backward` for per-example rows g, summing the sub-layers' squared norms; the
+    regrad gathers theirs by name."""
+    inputs, sq, regrads = [x, *residual["inputs"]], 0.0, {}
     for layer, x_k, r_k in zip(reversed(layers), reversed(inputs),
                                reversed(residual["residuals"])):
-        g, sq_k = layer.norms(g, params.get(layer.name, {}), x_k, r_k, method)
+        g, sq_k, regrads[layer.name] = layer.norms(g, params.get(layer.name, {}), x_k, r_k,
+                                                   method)
         sq = sq + sq_k
-    return g, sq
+    return g, sq, lambda w: {n: regrads[n](w) for n in params}
 
 
 def _norms_of(*layers: Layer | None) -> bool:
@@ -241,11 +243,15 @@ def _residual_backward(f: Layer, shortcut: Layer | None, dy: Array, params: dict
 def _residual_norms(f: Layer, shortcut: Layer | None, g: Array, params: dict, x: Array,
                     residual: dict, method: str) -> tuple[Array, Array]:
     """`_residual_backward` for per-example rows g: both paths' dx added, their sq summed."""
-    dx, sq = f.norms(g, params.get("f", {}), x, residual["f"], method)
-    if shortcut is None:
-        return dx + g, sq
-    dx_s, sq_s = shortcut.norms(g, params.get("shortcut", {}), x, residual["shortcut"], method)
-    return dx + dx_s, sq + sq_s
+    dx, sq, regrads = *f.norms(g, params.get("f", {}), x, residual["f"], method)[:2], {}
+    regrads["f"] = f.norms(g, params.get("f", {}), x, residual["f"], method)[2]
+    if shortcut is not None:
+        dx_s, sq_s, regrads["shortcut"] = shortcut.norms(g, params.get("shortcut", {}), x,
+                                                         residual["shortcut"], method)
+        dx, sq = dx + dx_s, sq + sq_s
+    else:
+        dx = dx + g
+    return dx, sq, lambda w: {slot: regrads[slot](w) for slot in params}
 
 
 def Residual(f: Layer, shortcut: Layer | None = None, *, name: str = "residual") -> Layer:
@@ -335,8 +341,10 @@ def SkipConcat(inner: Layer, *, name: str = "skip") -> Layer:
 
     def norms(g, params, x, residual, method):
         c = x.shape[-1]
-        dx_inner, sq = inner.norms(g[..., c:], params.get("inner", {}), x, residual, method)
-        return g[..., :c] + dx_inner, sq
+        dx_inner, sq, regrad = inner.norms(g[..., c:], params.get("inner", {}), x, residual,
+                                           method)
+        return (g[..., :c] + dx_inner, sq,
+                lambda w: {"inner": regrad(w)} if "inner" in params else {})
 
     def with_impl(impl: str) -> Layer:
         return SkipConcat(_rebuilt(inner, impl), name=name)

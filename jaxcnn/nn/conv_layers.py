@@ -11,7 +11,7 @@ from jaxcnn import _geometry, backward, forward
 from jaxcnn._geometry import Padding
 from jaxcnn.forward.conv import check_impl
 from jaxcnn.nn import ghost
-from jaxcnn.nn.layer import HE_NORMAL, Initializer, Layer, _features, _out_shape
+from jaxcnn.nn.layer import HE_NORMAL, Initializer, Layer, _features, _out_shape, reweighted
 
 CONV_OPS = {  # layer kind -> (spatial axes, forward op name, transposed?)
     "Conv1D": (1, "conv1d", False), "Conv2D": (2, "conv2d", False),
@@ -64,7 +64,8 @@ def _conv_layer(kind: str, features: int, kernel: Any, use_bias: bool, w_init: I
             win = _geometry.conv(kind, x, w, o["stride"], o["padding"], o["dilation"], groups,
                                  spatial=n).win
             sq = ghost.conv_weight(x, g, win, groups, method)
-        return backward_(g, params, x, residual)[0], sq + ghost.bias(g) if use_bias else sq
+        return (backward_(g, params, x, residual)[0], sq + ghost.bias(g) if use_bias else sq,
+                reweighted(backward_, g, params, x, residual))
 
     def with_impl(new: str) -> Layer:
         return _conv_layer(kind, features, ks, use_bias, w_init, new, name, **opts)

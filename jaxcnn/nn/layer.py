@@ -22,16 +22,29 @@ class Layer(NamedTuple):
     backward: Callable[..., tuple[Array, dict]]
     spec: dict = {}  # noqa: RUF012  the constructor and its options, e.g. {"kind": "MaxPool", ...}
     with_impl: Callable[[str], Layer] | None = None  # the layer rebuilt with another impl
-    norms: Callable[..., tuple[Array, Array]] | None = None  # per-example squared grad norms
+    norms: Callable[..., tuple[Array, Array, Callable]] | None = None  # per-example norms
 
 
-def zero_norms(backward_: Callable) -> Callable[..., tuple[Array, Array]]:
-    """`norms` of a layer without parameters: its dx and zeros (N,)."""
+def zero_norms(backward_: Callable) -> Callable[..., tuple[Array, Array, Callable]]:
+    """`norms` of a layer without parameters: its dx, zeros (N,) and a regrad giving {}."""
 
     def norms(g, params, x, residual, method):
-        return backward_(g, params, x, residual)[0], jnp.zeros((x.shape[0],), g.dtype)
+        return (backward_(g, params, x, residual)[0], jnp.zeros((x.shape[0],), g.dtype),
+                lambda w: {})
 
     return norms
+
+
+def reweighted(backward_: Callable, g: Array, params: dict, x: Array,
+               residual: Any) -> Callable[[Array], dict]:
+    """regrad(w) = the param grads of `backward_` for g with row i scaled by w_i (N,): the
+    book-keeping of clipped gradients, sum_i w_i (example i's grads) from the stored g and x
+    (the rule is linear in g; its dx, unused, is dead code under jit)."""
+
+    def regrad(w):
+        return backward_(g * w.reshape((-1,) + (1,) * (g.ndim - 1)), params, x, residual)[1]
+
+    return regrad
 
 
 def _features(kind: str, name: str, features: Any) -> None:

@@ -14,12 +14,14 @@
         The hand-written rule, upstream gradient first as in `jaxcnn.backward`: dy = dL/dy
         (N, *out_shape) -> dx = dL/dx, and grads = dL/dparams with exactly the keys of params.
         Built from `jaxcnn.backward` only.
-    norms(g, params, x, residual, method) -> (dx, sq)
-        The same backward for per-example rows g (g_i = dl_i/dy_i), returning dx and sq (N,),
+    norms(g, params, x, residual, method) -> (dx, sq, regrad)
+        The same backward for per-example rows g (g_i = dl_i/dy_i), returning dx, sq (N,),
         the squared norm of each example's gradient of this layer's params, computed without
         materialising per-example gradients where the layer allows it (`jaxcnn.nn.ghost`;
-        method "auto", "ghost" or "instantiate" for convolutions). None: the layer has no such
-        rule (then per-example norms of a network holding it are refused).
+        method "auto", "ghost" or "instantiate" for convolutions), and regrad(w) -> grads =
+        sum_i w_i (example i's grads), from the stored g (the book-keeping of clipped
+        gradients: no second backward pass). None: the layer has no such rule (then
+        per-example norms of a network holding it are refused).
 
 A `Layer` bundles the three with a name, a `spec` (its constructor and options, for tools that
 rebuild the network elsewhere, such as the PyTorch twin of the benchmark) and, for the layers
@@ -58,6 +60,7 @@ from jaxcnn.nn.layer import (  # noqa: F401  the catalogue
     _features,
     _no_params,
     _out_shape,
+    reweighted,
     zero_norms,
 )
 from jaxcnn.nn.norm_layers import BatchNorm, GroupNorm, LayerNorm  # noqa: F401  the catalogue
@@ -88,7 +91,8 @@ def Dense(features: int, *, use_bias: bool = True,
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
     def norms(g, params, x, residual, method):
-        return backward_(g, params, x, residual)[0], ghost.dense(g, x, use_bias)
+        return (backward_(g, params, x, residual)[0], ghost.dense(g, x, use_bias),
+                reweighted(backward_, g, params, x, residual))
 
     return Layer(name, init, apply, backward_,
                  {"kind": "Dense", "features": features, "use_bias": use_bias}, norms=norms)

@@ -11,7 +11,7 @@ state (BatchNorm running averages) is a separate dict, never mixed into the para
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -370,11 +370,13 @@ class Network:
                 grads[layer.name] = g
         return {name: grads[name] for name in params}, deltas[::-1]
 
-    def per_example_sq_norms(self, params: Params, trace: Trace, y: Array,
-                             method: str = "auto") -> Array:
-        """(N,) = ||grad l_i||^2 over all params, l_i each example's loss, by the layers'
-        `norms` rules (`jaxcnn.nn.ghost`): the backward pass of the per-example rows of the
-        loss delta, N dL/dz (L = (1/N) sum_i l_i), summing each layer's squared norms.
+    def per_example_pass(self, params: Params, trace: Trace, y: Array,
+                         method: str = "auto") -> tuple[Array, Callable[[Array], Params]]:
+        """(sq, regrad): sq (N,) = ||grad l_i||^2 over all params, l_i each example's loss, by
+        the layers' `norms` rules (`jaxcnn.nn.ghost`): the backward pass of the per-example
+        rows of the loss delta, N dL/dz (L = (1/N) sum_i l_i), summing each layer's squared
+        norms; regrad(w) = sum_i w_i grad l_i for weights w (N,), params' structure, from the
+        per-layer output gradients that pass kept (no second backward pass).
 
         Raises:
           ValueError: a layer has no per-example norm rule (a custom layer without `norms`),
@@ -382,15 +384,21 @@ class Network:
         """
         acts = trace.activations
         g = self.head.delta(acts[-1], y) * acts[-1].shape[0]
-        sq = jnp.zeros((acts[-1].shape[0],), g.dtype)
+        sq, regrads = jnp.zeros((acts[-1].shape[0],), g.dtype), {}
         for layer, x, res in zip(reversed(self.layers), reversed(acts[:-1]),
                                  reversed(trace.residuals)):
             if layer.norms is None:
                 raise ValueError(f"{self.name}: layer {layer.name!r} ({self._kinds[layer.name]}) "
                                  f"has no per-example norm rule (Layer.norms)")
-            g, sq_k = layer.norms(g, params.get(layer.name, {}), x, res, method)
+            g, sq_k, regrads[layer.name] = layer.norms(g, params.get(layer.name, {}), x, res,
+                                                       method)
             sq = sq + sq_k
-        return sq
+        return sq, lambda w: {name: regrads[name](w) for name in params}
+
+    def per_example_sq_norms(self, params: Params, trace: Trace, y: Array,
+                             method: str = "auto") -> Array:
+        """(N,) = ||grad l_i||^2 over all params (`per_example_pass`'s sq)."""
+        return self.per_example_pass(params, trace, y, method)[0]
 
     def __repr__(self) -> str:
         rows = [f"  {'input':12} {self.input_shape}"]

@@ -13,7 +13,7 @@ from jaxcnn import _geometry, forward
 from jaxcnn.backward.norm import group_normalized, layer_normalized, normalized
 from jaxcnn.forward.norm import group_normalize, layer_normalize, normalize
 from jaxcnn.nn import ghost
-from jaxcnn.nn.layer import Layer
+from jaxcnn.nn.layer import Layer, reweighted
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnorm") -> Layer:
@@ -62,7 +62,8 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
             raise ValueError(f"BatchNorm {name!r}: in training mode it mixes the examples of a "
                              f"batch, so no example has a gradient of its own; use GroupNorm or "
                              f"LayerNorm, or evaluation mode (train=False)")
-        return backward_(g, params, x, residual)[0], ghost.affine(g, residual["x_hat"])
+        return (backward_(g, params, x, residual)[0], ghost.affine(g, residual["x_hat"]),
+                reweighted(backward_, g, params, x, residual))
 
     return Layer(name, init, apply, backward_,
                  {"kind": "BatchNorm", "momentum": momentum, "eps": eps}, norms=norms)
@@ -96,7 +97,8 @@ def _per_example_norm(kind: str, name: str, eps: float, check: Callable, fwd: Ca
         return dx, {"gamma": dgamma, "beta": dbeta}
 
     def norms(g, params, x, residual, method):
-        return backward_(g, params, x, residual)[0], ghost.affine(g, residual["x_hat"])
+        return (backward_(g, params, x, residual)[0], ghost.affine(g, residual["x_hat"]),
+                reweighted(backward_, g, params, x, residual))
 
     return Layer(name, init, apply, backward_, {"kind": kind, **opts, "eps": eps}, norms=norms)
 

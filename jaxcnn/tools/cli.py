@@ -1,6 +1,6 @@
 """The `jaxcnn` command line: one subcommand per registered `Command`.
 
-    jaxcnn train [--model NAME] [--data digits|digits32|synthetic|mnist:DIR|cifar10:DIR] ...
+    jaxcnn train [--model NAME] [--data digits|digits32|synthetic|shapes|signals|volumes|...] ...
     jaxcnn walkthrough [--block seed|residual] [--seed N] [--label {0,1}] [--image FILE.npy]
                        [--plot FILE.png] [--json]
     jaxcnn gradcheck --model NAME [--dtype float64|float32] [--batch N] [--seed N] [--train]
@@ -256,8 +256,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    f"lenet5-digits the bundled 8x8 digits), or your own as module.path:function "
                    f"returning a jaxcnn Network (imported from the current directory)")
     p.add_argument("--data", default=d.data, help="digits (bundled), digits32 (the digits at "
-                   "32x32x3, for resnet20), synthetic (6x6 bars for the seed net), mnist:DIR or "
-                   "fashion:DIR (IDX files, raw or .gz), cifar10:DIR (the python batches)")
+                   "32x32x3, for resnet20), synthetic (6x6 bars for the seed net), shapes "
+                   "(32x32x1 disc/square segmentation with per-pixel labels, for unet), signals "
+                   "(128x1 waveforms, for cnn1d), volumes (16x16x16x1 solids, for cnn3d), "
+                   "mnist:DIR or fashion:DIR (IDX files, raw or .gz), cifar10:DIR (the python "
+                   "batches)")
     p.add_argument("--grad", default=d.grad, choices=grads.GRADS,
                    help="hand-written backward pass or jax.grad")
     p.add_argument("--impl", default="conv", choices=models.IMPLS,
@@ -305,8 +308,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"jaxcnn train: {e}", file=sys.stderr)
         return 130
     if "test_accuracy" in summary:
-        say(f"test accuracy {summary['test_accuracy']:.4f} after {summary['epoch']} epochs "
-            f"({summary['seconds']:.1f} s of training); results in {args.out}")
+        iou = (f", test mean IoU {summary['test_mean_iou']:.4f}"
+               if "test_mean_iou" in summary else "")
+        say(f"test accuracy {summary['test_accuracy']:.4f}{iou} after {summary['epoch']} "
+            f"epochs ({summary['seconds']:.1f} s of training); results in {args.out}")
     return 0
 
 

@@ -7,7 +7,11 @@ TRAIN split only (population std, computed in float64), so no test statistics le
 
 Sources: scikit-learn's bundled 8x8 digits (also scaled to 32x32 RGB), MNIST / Fashion-MNIST from
 IDX files and CIFAR-10 from its python batches the user already has on disk, and a synthetic
-bar-orientation task sized for the 6x6 seed network (more in jaxcnn.training.synthetic).
+bar-orientation task sized for the 6x6 seed network. `load` also names the generated sets of
+jaxcnn.training.synthetic, whose containers are not `Dataset`s but read the same (`DataSplit`):
+"shapes" (x (N, 32, 32, 1), per-pixel labels y (N, 32, 32), 3 classes), "signals" (x (N, 128, 1),
+y (N,), 4 classes) and "volumes" (x (N, 16, 16, 16, 1), y (N,), 3 classes); those are not
+standardised. `check_model_fits` is `jaxcnn train`'s check that a model can train on a dataset.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.training import synthetic
 from jaxcnn.training.cifar import read_cifar10
 from jaxcnn.training.idx import read_idx
+from jaxcnn.training.synthetic import _check_int, _float_dtype
 
 __all__ = [
-    "Dataset", "batches", "digits32", "fingerprint", "load", "load_cifar10", "load_digits",
-    "load_idx_dir", "num_batches", "read_idx", "synthetic_bars",
+    "DataSplit", "Dataset", "batches", "check_model_fits", "digits32", "fingerprint", "load",
+    "load_cifar10", "load_digits", "load_idx_dir", "num_batches", "read_idx", "synthetic_bars",
 ]
 
-SPEC_FORMS = "'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR', 'digits32', 'cifar10:DIR'"
+SPEC_FORMS = ("'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR', 'digits32', 'cifar10:DIR', "
+              "'shapes', 'signals', 'volumes'")
 MAX_SEED = 2 ** 32 - 1  # scikit-learn's random_state and NumPy's legacy seeds stop here
 
 
@@ -68,20 +75,13 @@ class Dataset:
                 f"x_test={self.x_test.shape}, y_test={self.y_test.shape})")
 
 
+# Any train/test split `load` returns: each has x_/y_ train/test arrays, `name`, `num_classes`
+# and `image_shape` (one x sample's shape: (H, W, C), (L, C) or (D, H, W, C)).
+DataSplit = (Dataset | synthetic.SegmentationDataset | synthetic.Dataset1D
+             | synthetic.Dataset3D)
+
+
 # ----------------------------------------------------------------------------- helpers
-def _float_dtype(dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a floating dtype (float16/32/64); got {dt}")
-    return dt
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
-
-
 _CHUNK = 4096  # images per chunk when standardising, to avoid float64 copies of all of MNIST
 
 
@@ -302,12 +302,12 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: 
 
 
 # ----------------------------------------------------------------------------- identity
-def fingerprint(ds: Dataset) -> str:
+def fingerprint(ds: DataSplit) -> str:
     """sha256 over the name, the class count and the four arrays (dtype, shape and bytes) of a
     dataset: equal fingerprints mean the same images and labels, in the same order.
 
     Args:
-      ds: the dataset.
+      ds: the dataset: a `Dataset` or a synthetic container (`DataSplit`), x (N, ...), y (N, ...).
 
     Returns:
       the hex digest.
@@ -321,9 +321,14 @@ def fingerprint(ds: Dataset) -> str:
 
 
 # ----------------------------------------------------------------------------- CLI
-def load(spec: str, seed: int = 0, dtype: Any = np.float32) -> Dataset:
-    """Dataset from its CLI form: 'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR', 'digits32'
-    or 'cifar10:DIR'."""
+GENERATED = {"shapes": synthetic.shapes_segmentation, "signals": synthetic.signals,
+             "volumes": synthetic.volumes}  # spec: generator of jaxcnn.training.synthetic
+
+
+def load(spec: str, seed: int = 0, dtype: Any = np.float32) -> DataSplit:
+    """Dataset from its CLI form: 'digits', 'synthetic', 'mnist:DIR', 'fashion:DIR', 'digits32',
+    'cifar10:DIR', or the generated sets of `jaxcnn.training.synthetic` at their default sizes:
+    'shapes' (`shapes_segmentation()`), 'signals' (`signals()`), 'volumes' (`volumes()`)."""
     if not isinstance(spec, str):
         raise TypeError(f"the dataset spec must be a str, one of {SPEC_FORMS}; got {spec!r}")
     kind, sep, arg = spec.partition(":")
@@ -337,4 +342,51 @@ def load(spec: str, seed: int = 0, dtype: Any = np.float32) -> Dataset:
         return digits32(seed=seed, dtype=dtype)
     if kind == "cifar10" and arg:
         return load_cifar10(arg, seed=seed, dtype=dtype)
+    if kind in GENERATED and not sep:
+        return GENERATED[kind](seed=seed, dtype=dtype)
     raise ValueError(f"unknown dataset spec {spec!r}; expected one of {SPEC_FORMS}")
+
+
+
+_SAMPLES = {2: "signals", 3: "images", 4: "volumes"}  # one sample's rank: what it holds
+
+
+def _labels_shape(shape: tuple[int, ...]) -> str:
+    """(N,) or (N, 32, 32): a label array's shape with its batch axis named N."""
+    return f"({', '.join(['N', *map(str, shape[1:])])}{',' if len(shape) == 1 else ''})"
+
+
+def check_model_fits(model: Any, ds: DataSplit, *, model_spec: str, data_spec: str) -> None:
+    """Refuse a model that cannot train on `ds` (the checks of `jaxcnn train`).
+
+    The model's `input_shape` must be the data's `image_shape` (one sample: (H, W, C), (L, C) or
+    (D, H, W, C)); its head must take the data's labels: their shape
+    (`model.head.label_shape`: (N,), or (N, *S) for a per-position head, S the output's spatial
+    axes), their kind (0./1. floats for a binary head, int class ids for a softmax head), and
+    `ds.num_classes <= model.num_classes`.
+
+    Args:
+      model: a `jaxcnn.nn.network.Network` (its input_shape, output_shape, head, num_classes).
+      ds: the data.
+      model_spec, data_spec: the --model and --data the messages name.
+
+    Raises:
+      ValueError: naming both sides of the first mismatch.
+    """
+    m, d = f"model {model_spec!r}", f"--data {data_spec}"
+    if ds.image_shape != model.input_shape:
+        raise ValueError(
+            f"{m} takes {_SAMPLES.get(len(model.input_shape), 'inputs')} of shape "
+            f"{model.input_shape} but {d} has {_SAMPLES.get(len(ds.image_shape), 'inputs')} of "
+            f"shape {ds.image_shape}")
+    want = tuple(model.head.label_shape(len(ds.y_train), model.output_shape))
+    if ds.y_train.shape != want:
+        per = "a label per position" if len(want) > 1 else "one label per example"
+        has = "a label per position" if ds.y_train.ndim > 1 else "one label per example"
+        raise ValueError(f"{m} ({model.head.name}) takes {per}, labels of shape "
+                         f"{_labels_shape(want)}, but {d} has {has}, labels of shape "
+                         f"{_labels_shape(ds.y_train.shape)}")
+    if not model.head.label_dtype_ok(ds.y_train.dtype) or ds.num_classes > model.num_classes:
+        raise ValueError(f"{m} predicts {model.num_classes} classes "
+                         f"({model.head.labels(model.num_classes)}) but {d} has "
+                         f"{ds.num_classes} ({ds.y_train.dtype} labels)")

@@ -3,8 +3,9 @@
     per_example_grads        grad l_i for every i: the manual backward of one example, vmapped
     per_example_grad_norms   ||grad l_i||: the layers' ghost norms (jaxcnn.nn.ghost), with no
                              per-example gradient materialised where a layer allows it
-    clipped_grad             (1/N) sum_i min(1, C / ||grad l_i||) grad l_i: the norms, then one
-                             more backward pass of the loss delta with its rows re-weighted
+    clipped_grad             (1/N) sum_i min(1, C / ||grad l_i||) grad l_i: the norms' pass,
+                             then each layer's weight gradient from its kept output gradients,
+                             rows re-weighted (book-keeping)
     grad_statistics          per parameter, sum_i (grad l_i)^2 and the variance over the batch
 """
 
@@ -93,11 +94,12 @@ def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_nor
     """DP-SGD's clipped mean, no noise, in training mode:
     `(1/N) sum_i min(1, C / ||grad l_i||) grad l_i`, C = clip_norm.
 
-    Book-keeping (Bu et al. 2022): the norms come from `per_example_grad_norms`' pass, then
-    one more backward pass of the loss delta whose rows are scaled by w_i = min(1, C / ||grad
-    l_i||): every gradient is linear in the rows of the delta, so that pass gives
-    (1/N) sum_i w_i grad l_i, and no per-example gradient is stored for a layer whose ghost
-    norm was chosen. An example whose gradient is 0 gets w_i = 1.
+    Book-keeping (Bu et al. 2022): the norms come from `per_example_grad_norms`' backward
+    pass, which keeps each layer's per-example output gradients g; then each layer's weight
+    gradient is taken once more from them with row i scaled by w_i = min(1, C / ||grad l_i||)
+    (the rule is linear in g), giving (1/N) sum_i w_i grad l_i without a second propagation
+    through the network, and no per-example gradient is stored for a layer whose ghost norm
+    was chosen. An example whose gradient is 0 gets w_i = 1.
 
     Args:
       model, params, x, y, state: as `per_example_grad_norms`; key: the Dropout key.
@@ -141,19 +143,19 @@ def clipped_sum(model: Network, params: Params, x: Array, y: Array, *, clip_norm
         "clipped"   sum_i mask_i [||grad l_i|| > C]
         "norms"     (N,) ||grad l_i||
 
-    One forward pass, the per-example norms (`Network.per_example_sq_norms`), then one backward
-    pass of the loss delta with row i scaled by N mask_i w_i (the head's delta carries 1/N).
-    mask None: every row counts.
+    One forward pass, one backward pass for the per-example norms (`Network.per_example_pass`),
+    then book-keeping: each layer's weight gradient again from the output gradients that pass
+    kept, row i scaled by mask_i w_i (no second propagation through the network; no
+    per-example gradient stored for a layer whose ghost norm was chosen). mask None: every row
+    counts.
     """
     _, trace = model.loss_and_trace(params, x, y, state=state, train=True, key=key)
     z = trace.activations[-1]
     n = z.shape[0]
     mask = jnp.ones((n,), z.dtype) if mask is None else mask.astype(z.dtype)
-    norms = jnp.sqrt(model.per_example_sq_norms(params, trace, y, method))
-    weights = clip_weights(norms, clip_norm) * mask
-    delta = model.head.delta(z, y)
-    delta = delta * (n * weights).reshape((-1,) + (1,) * (delta.ndim - 1))
-    grads, _ = model.backprop(params, trace, y, delta=delta)
+    sq, regrad = model.per_example_pass(params, trace, y, method)
+    norms = jnp.sqrt(sq)
+    grads = regrad(clip_weights(norms, clip_norm) * mask)
     losses = jax.vmap(lambda zi, yi: model.head.loss(zi[None], yi[None]))(z, y)
     right = (model.head.predict(z) == y).reshape(n, -1).mean(axis=1)
     return {"grads": grads, "loss_sum": jnp.sum(mask * losses),

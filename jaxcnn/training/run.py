@@ -115,7 +115,7 @@ class _Run:
 
     cfg: TrainConfig
     model: Network
-    ds: data.Dataset
+    ds: data.DataSplit
     mesh: Any
     data_sha256: str
     out: Path
@@ -139,8 +139,8 @@ class _Run:
         return jax.random.key(self.cfg.seed)
 
 
-def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Network, data.Dataset,
-                                                             Any]:
+def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Network,
+                                                             data.DataSplit, Any]:
     """Check the configuration against the model, the data and the devices; returns the config
     with its device count resolved, the model, the data and the mesh (None on one device)."""
     if cfg.dtype == "float64":
@@ -150,12 +150,7 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
     if len(ds.x_test) == 0:
         raise ValueError(f"--data {cfg.data}: the test split is empty; every epoch ends with an "
                          "evaluation on it")
-    if ds.image_shape != model.input_shape:
-        raise ValueError(f"model {cfg.model!r} takes images of shape {model.input_shape} but "
-                         f"--data {cfg.data} has images of shape {ds.image_shape}")
-    if (model.head.kind == "binary") != (ds.num_classes == 2) or ds.num_classes > model.num_classes:
-        raise ValueError(f"model {cfg.model!r} predicts {model.num_classes} classes but "
-                         f"--data {cfg.data} has {ds.num_classes}")
+    data.check_model_fits(model, ds, model_spec=cfg.model, data_spec=cfg.data)
     if cfg.batch_size > len(ds.x_train):
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the "
                          f"{len(ds.x_train)} training images")
@@ -190,8 +185,9 @@ def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
       stop_after_steps: end the run early, as a crash would, after that many steps (for tests).
 
     Returns:
-      The last epoch's record (epoch, step, train/test loss and accuracy, seconds) with the final
-      "params" and "state"; {"stopped_at_step": n} if `stop_after_steps` ended it.
+      The last epoch's record (epoch, step, train/test loss and accuracy, seconds; and
+      "test_mean_iou" for a per-position head, whose accuracy is the pixel accuracy) with the
+      final "params" and "state"; {"stopped_at_step": n} if `stop_after_steps` ended it.
 
     Raises:
       ValueError / TypeError: bad settings, or a directory that cannot be used.
@@ -347,24 +343,35 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
     redoes the epoch on resume, whose records are then dropped and written again)."""
     test = steps.evaluate(run.model, run.params, run.state, run.ds.x_test, run.ds.y_test,
                           eval_step=eval_step)
-    n = run.n_batches
+    n, iou = run.n_batches, test.get("mean_iou")  # IoU: per-position heads only
     summary = {"kind": "epoch", "epoch": epoch + 1, "step": run.step,
                "train_loss": sums["loss"] / n, "train_accuracy": sums["accuracy"] / n,
                "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+               **({} if iou is None else {"test_mean_iou": iou}),
                "seconds": time.perf_counter() - started}
     metrics.append(summary)
     checkpoint.save(run.ckpt, (run.params, run.state, run.opt_state),
                     {"epoch": epoch + 1, "step": run.step, "config": dataclasses.asdict(run.cfg),
                      "data_sha256": run.data_sha256})
     run.log(f"epoch {epoch + 1}: train loss {summary['train_loss']:.4f}, test loss "
-            f"{test['loss']:.4f}, test accuracy {test['accuracy']:.4f}")
+            f"{test['loss']:.4f}, test accuracy {test['accuracy']:.4f}"
+            + ("" if iou is None else f", test mean IoU {iou:.4f}"))
     return summary
 
 
+def _first_conv2d(tree: Any) -> Any:
+    """The first (kh, kw, C_in, C_out) "w" of a layer's params, in layer order (inside
+    combinators too), else None (1-D and 3-D kernels are not drawn)."""
+    if not isinstance(tree, dict):
+        return None
+    if "w" in tree and getattr(tree["w"], "ndim", 0) == 4:
+        return tree["w"]
+    return next((w for v in tree.values() if (w := _first_conv2d(v)) is not None), None)
+
+
 def _plots(run: _Run) -> None:
-    first_conv = next((run.params[layer.name]["w"] for layer in run.model.layers
-                       if layer.name in run.params and run.params[layer.name]["w"].ndim == 4),
-                      None)
+    first_conv = next((w for layer in run.model.layers
+                       if (w := _first_conv2d(run.params.get(layer.name))) is not None), None)
     for path in plots.plot_run(run.out, first_conv):
         run.log(f"wrote {path}")
 

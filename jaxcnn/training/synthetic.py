@@ -1,7 +1,5 @@
 """Synthetic datasets the code generates, for models beyond image classification (NumPy only).
 
-* `digits32`: the bundled 8x8 digits scaled to 32x32 RGB (defined in `jaxcnn.training.data`,
-  which `load("digits32")` needs; re-exported here).
 * `shapes_segmentation`: a disc and a square on a noisy background, with per-pixel masks.
 * `signals`: noisy 1-D waveforms of four kinds.
 * `volumes`: a sphere, a cube or a rod in a noisy 3-D volume.
@@ -10,8 +8,11 @@ Every set is deterministic from its seed: the train split is drawn from
 `np.random.default_rng([seed, 0])`, the test split from `default_rng([seed, 1])`, so the test set
 does not change with `n_train`. Classes are balanced (counts differ by at most one) and shuffled.
 None of these is standardised: backgrounds are zero-mean noise and the objects have values in
-[0.5, 1.5] before noise. Only `digits32` is a `jaxcnn.training.data.load` spec: the others' labels
-(masks, or inputs that are not images) are not what the `jaxcnn train` loop expects.
+[0.5, 1.5] before noise. Each is a `jaxcnn.training.data.load` spec at its default sizes
+("shapes", "signals", "volumes"), which `jaxcnn train` trains on; their containers have the
+`image_shape` (one sample's shape), `name`, `num_classes` and arrays that `data.fingerprint`,
+`data.batches` and the run loop read. The digits at 32x32x3 are `jaxcnn.training.data.digits32`.
+This module imports nothing else from the package (`data` imports it).
 """
 
 from __future__ import annotations
@@ -22,15 +23,29 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from jaxcnn.training.data import _check_int, _float_dtype, digits32
-
 __all__ = ["SHAPE_CLASSES", "SIGNAL_KINDS", "VOLUME_KINDS", "Dataset1D", "Dataset3D",
-           "SegmentationDataset", "digits32", "shapes_segmentation", "signals", "volumes"]
+           "SegmentationDataset", "shapes_segmentation", "signals", "volumes"]
 
 SHAPE_CLASSES = ("background", "disc", "square")
 SIGNAL_KINDS = ("sine", "square", "sawtooth", "chirp")
 VOLUME_KINDS = ("sphere", "cube", "rod")
 NOISE = 0.25  # std of the Gaussian noise added to every pixel / sample / voxel
+
+
+# ----------------------------------------------------------------------------- checks
+def _float_dtype(dtype: Any) -> np.dtype:
+    """`dtype` as a NumPy floating dtype, else a ValueError (shared with jaxcnn.training.data)."""
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ValueError(f"dtype must be a floating dtype (float16/32/64); got {dt}")
+    return dt
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    """`value` as an int >= `minimum` (bools refused), else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
 
 
 # ----------------------------------------------------------------------------- containers
@@ -66,8 +81,14 @@ class _Split:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """The shape of one x sample (all axes but N)."""
+        """The shape of one x sample (all axes but N): (H, W, C), (L, C) or (D, H, W, C)."""
         return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """One sample's shape, as `data.Dataset.image_shape` names it (= `sample_shape`): what
+        a model's `input_shape` must equal."""
+        return self.sample_shape
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
@@ -83,12 +104,6 @@ class SegmentationDataset(_Split):
 
     X_AXES: ClassVar[tuple[str, ...]] = ("N", "H", "W", "C")
     Y_AXES: ClassVar[tuple[str, ...]] = ("N", "H", "W")
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        h, w, c = self.x_train.shape[1:]
-        return (h, w, c)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
