@@ -1,6 +1,7 @@
 """The `jaxcnn` command line: one subcommand per registered `Command`.
 
     jaxcnn train [--model NAME] [--data digits|digits32|synthetic|shapes|signals|volumes|...] ...
+                 [--dp-clip C --dp-noise SIGMA [--dp-delta DELTA]]
     jaxcnn walkthrough [--block seed|residual] [--seed N] [--label {0,1}] [--image FILE.npy]
                        [--plot FILE.png] [--json]
     jaxcnn gradcheck --model NAME [--dtype float64|float32] [--batch N] [--seed N] [--train]
@@ -289,6 +290,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check-grads", action="store_true",
                    help="compare manual and autodiff gradients on the first batch first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dp-clip", type=float, default=None, metavar="C",
+                   help="DP-SGD: clip each example's gradient to norm C (with --dp-noise; "
+                   "GroupNorm or norm-free models: resnet20-gn, cifar-gn, cnn1d, ...)")
+    p.add_argument("--dp-noise", type=float, default=None, metavar="SIGMA",
+                   help="DP-SGD: Gaussian noise of std SIGMA * C on the clipped sum; batches "
+                   "are Poisson samples of rate --batch-size / n")
+    p.add_argument("--dp-delta", type=float, default=d.dp_delta, metavar="DELTA",
+                   help="DP-SGD: the delta of the epsilon reported after each epoch (RDP)")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.nn.network import Network
 from jaxcnn.training.per_example import check_clip_norm, clipped_sum, refuse_batchnorm
-from jaxcnn.training.steps import jit_with_options
+from jaxcnn.training.steps import jit_with_options, layer_norms
 
 Array = jax.Array
 ACCOUNTANTS = ("rdp", "pld")
@@ -56,6 +56,23 @@ def check_dp(fn: str, clip_norm: Any, noise_multiplier: Any, delta: Any = None) 
     if delta is not None and (isinstance(delta, bool) or not isinstance(delta, int | float)
                               or not 0 < delta < 1):
         raise ValueError(f"{fn}: delta must be in (0, 1); got {delta!r}")
+
+
+def check_run_settings(clip: Any, noise: Any, delta: Any, grad: str) -> None:
+    """The DP settings of a run (`jaxcnn train --dp-clip C --dp-noise sigma --dp-delta d`): both
+    or neither of clip and noise, valid values, and the manual gradients."""
+    if (clip is None) != (noise is None):
+        raise ValueError("--dp-clip and --dp-noise go together (DP-SGD needs both)")
+    if clip is not None:
+        check_dp("--dp", clip, noise, delta)
+        if grad != "manual":
+            raise ValueError("--dp-clip: DP-SGD clips with the hand-written per-example norms; "
+                             "use --grad manual")
+
+
+def privacy_record(noise: float, sample_rate: float, steps: int, delta: float) -> dict:
+    """{"epsilon": ..., "dp_delta": delta} after `steps` steps (RDP), for metrics.jsonl."""
+    return {"epsilon": epsilon(noise, sample_rate, steps, delta), "dp_delta": delta}
 
 
 # ----------------------------------------------------------------------------- accounting
@@ -93,22 +110,24 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 
 
 # ----------------------------------------------------------------------------- sampling
-def padded_size(expected: float) -> int:
+def padded_size(expected: float, multiple: int = 1) -> int:
     """The fixed batch size Poisson samples are padded to: B + 6 sqrt(B) + 8, which a sample of
-    mean B (and variance <= B) exceeds with probability below 1e-9."""
-    return math.ceil(expected + 6 * math.sqrt(expected) + 8)
+    mean B (and variance <= B) exceeds with probability below 1e-9, rounded up to a multiple
+    of `multiple` (the devices the sample is split over)."""
+    size = math.ceil(expected + 6 * math.sqrt(expected) + 8)
+    return -(-size // multiple) * multiple
 
 
 def poisson_batches(n: int, sample_rate: float, steps: int, *, seed: int = 0,
-                    start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """For steps start..steps-1: (indices (S,), mask (S,)) with S = padded_size(q n); every
-    example is in step t's sample with probability q, independently (NumPy, seeded by
+                    start: int = 0, multiple: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For steps start..steps-1: (indices (S,), mask (S,)) with S = padded_size(q n, multiple);
+    every example is in step t's sample with probability q, independently (NumPy, seeded by
     (seed, t): a resumed run draws the same samples). Padding rows repeat index 0, mask 0.
 
     Raises:
       RuntimeError: a sample larger than S (probability < 1e-9 per step), never truncated.
     """
-    size = padded_size(sample_rate * n)
+    size = padded_size(sample_rate * n, multiple)
     for t in range(start, steps):
         rng = np.random.default_rng((seed, t))
         idx = np.flatnonzero(rng.random(n) < sample_rate)
@@ -165,7 +184,8 @@ def dp_step_fn(model: Network, optimizer: optax.GradientTransformation, *, clip_
         params, opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
                                          (new_params, new_opt), (params, opt_state))
         metrics = {"loss": loss, "accuracy": total(out["correct"]) / jnp.maximum(count, 1),
-                   "grad_norm": grad_norm, "examples": count, "finite": finite,
+                   "grad_norm": grad_norm, "layer_grad_norms": layer_norms(g),
+                   "examples": count, "finite": finite,
                    "clipped": total(out["clipped"]) / jnp.maximum(count, 1)}
         return params, state, opt_state, metrics
 
@@ -199,3 +219,14 @@ def make_dp_train_step(model: Network, optimizer: optax.GradientTransformation, 
         return sharded(params, state, opt_state, x, y, mask, key)
 
     return jit_with_options(step)
+
+
+def epoch_samples(x: Any, y: Any, batch_size: int, steps_per_epoch: int, epoch: int, *,
+                  seed: int, multiple: int = 1) -> Iterator[tuple[Any, Any, np.ndarray]]:
+    """The run loop's DP batches for one epoch: (x[idx], y[idx], mask) for steps
+    epoch * steps_per_epoch .. (epoch + 1) * steps_per_epoch - 1 of `poisson_batches` with the
+    sample rate q = batch_size / len(x)."""
+    q = batch_size / len(x)
+    for idx, mask in poisson_batches(len(x), q, (epoch + 1) * steps_per_epoch, seed=seed,
+                                     start=epoch * steps_per_epoch, multiple=multiple):
+        yield x[idx], y[idx], mask.astype(x.dtype)

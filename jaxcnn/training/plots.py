@@ -107,3 +107,15 @@ def save(fig: Any, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def first_conv2d(tree: Any) -> Any:
+    """The first (kh, kw, C_in, C_out) "w" in a list or dict of layers' params, in order
+    (inside combinators too), else None (1-D and 3-D kernels are not drawn)."""
+    if isinstance(tree, list):
+        return next((w for v in tree if (w := first_conv2d(v)) is not None), None)
+    if not isinstance(tree, dict):
+        return None
+    if "w" in tree and getattr(tree["w"], "ndim", 0) == 4:
+        return tree["w"]
+    return next((w for v in tree.values() if (w := first_conv2d(v)) is not None), None)

@@ -13,6 +13,15 @@ Everything random derives from `seed`: the initial parameters, the order of ever
 that was never interrupted; it refuses a checkpoint written under other settings (only `epochs`
 may change) or on other data. A fresh run refuses a directory that holds a run unless
 `overwrite=True`. Ctrl-C raises `Interrupted`, which says where the run can be resumed from.
+
+DP-SGD (`dp_clip` and `dp_noise`, `jaxcnn.training.dp`): every step a Poisson sample (rate
+batch_size / n, seeded by (seed, step), so resume draws the same ones), the clipped sum from
+the hand-written per-example norms, Gaussian noise; `epsilon` (RDP, at `dp_delta`) joins each
+epoch's record and log line. BatchNorm models are refused.
+
+The module is over 400 lines because the run is one story read top to bottom: the settings,
+their checks, start or resume, the epochs with their two kinds of batches, evaluation and
+checkpoint, the plots.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import numpy as np
 
 from jaxcnn.nn import grads, lookup
 from jaxcnn.nn.network import Network
-from jaxcnn.training import checkpoint, data, optim, parallel, plots, rundir, steps
+from jaxcnn.training import checkpoint, data, dp, optim, parallel, plots, rundir, steps
 from jaxcnn.training.diagnose import TrainingStoppedError, check_gradients, diagnose
 
 CHECKPOINT = rundir.CHECKPOINT
@@ -58,7 +67,8 @@ _NUMBER, _NONE = (int, float), type(None)
 _TYPES = {"model": str, "data": str, "grad": str, "optimizer": str, "lr": _NUMBER,
           "schedule": str, "batch_size": int, "epochs": int, "clip": (*_NUMBER, _NONE),
           "seed": int, "dtype": str, "check_grads": bool, "devices": (int, _NONE),
-          "log_every": int}
+          "log_every": int, "dp_clip": (*_NUMBER, _NONE), "dp_noise": (*_NUMBER, _NONE),
+          "dp_delta": _NUMBER}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +87,13 @@ class TrainConfig:
     check_grads: bool = False
     devices: int | None = None  # None: all local devices (a run records the count it used)
     log_every: int = 10
+    dp_clip: float | None = None   # DP-SGD (jaxcnn.training.dp): the per-example clip norm C,
+    dp_noise: float | None = None  # the noise multiplier sigma (both or neither),
+    dp_delta: float = 1e-5         # and the delta of the epsilon reported after each epoch
+
+    @property
+    def private(self) -> bool:
+        return self.dp_clip is not None
 
     def validate(self) -> None:
         """Raise TypeError / ValueError with a one-line message naming any bad setting."""
@@ -101,6 +118,7 @@ class TrainConfig:
         if not math.isfinite(self.lr):
             raise ValueError(f"--lr must be a finite number > 0; got {self.lr}")
         self.optimizer_for(1)  # checks the optimizer, lr, schedule and clip
+        dp.check_run_settings(self.dp_clip, self.dp_noise, self.dp_delta, self.grad)
 
     def optimizer_for(self, steps_per_epoch: int) -> Any:
         """The optax optimizer of this configuration for `steps_per_epoch` steps an epoch."""
@@ -159,7 +177,9 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
     if devices > len(local):
         raise ValueError(f"--devices {devices}: only {len(local)} local "
                          f"{local[0].platform.upper()} device(s) exist")
-    if cfg.batch_size % devices:
+    if cfg.private:
+        dp.refuse_batchnorm("--dp-clip", model)
+    if cfg.batch_size % devices and not cfg.private:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {devices} "
                          f"devices it is split over (--devices); use a multiple of {devices}")
     mesh = parallel.make_mesh(devices) if devices > 1 else None
@@ -287,10 +307,17 @@ def _check_first_batch(run: _Run) -> None:
 
 def _make_step(run: _Run) -> Callable:
     """The jitted train step; over a mesh (params replicated) with several devices."""
-    optimizer = run.cfg.optimizer_for(run.n_batches)
+    cfg, optimizer = run.cfg, run.cfg.optimizer_for(run.n_batches)
+    if cfg.private:
+        step_fn = dp.make_dp_train_step(run.model, optimizer, clip_norm=cfg.dp_clip,
+                                        noise_multiplier=cfg.dp_noise,
+                                        expected_batch_size=cfg.batch_size, mesh=run.mesh)
+    elif run.mesh is None:
+        return steps.make_train_step(run.model, optimizer, cfg.grad)
+    else:
+        step_fn = parallel.make_parallel_train_step(run.model, optimizer, run.mesh, cfg.grad)
     if run.mesh is None:
-        return steps.make_train_step(run.model, optimizer, run.cfg.grad)
-    step_fn = parallel.make_parallel_train_step(run.model, optimizer, run.mesh, run.cfg.grad)
+        return step_fn
     run.params, run.state, run.opt_state = parallel.replicate(
         (run.params, run.state, run.opt_state), run.mesh)
     run.log(f"data parallel over {run.mesh.size} devices")
@@ -305,10 +332,10 @@ def _one_epoch(run: _Run, epoch: int, step_fn: Callable, metrics: rundir.Metrics
     sums = {"loss": 0.0, "accuracy": 0.0}
     bar = _progress(progress, run.n_batches, f"epoch {epoch + 1}/{cfg.epochs}")
     try:
-        for i, (xb, yb) in enumerate(data.batches(run.ds.x_train, run.ds.y_train, cfg.batch_size,
-                                                  seed=cfg.seed, epoch=epoch)):
+        for i, batch in enumerate(_batches(run, epoch)):
+            xb = batch[0]
             run.params, run.state, run.opt_state, m = step_fn(
-                run.params, run.state, run.opt_state, (xb, yb),
+                run.params, run.state, run.opt_state, batch,
                 jax.random.fold_in(dropout_key, run.step))
             run.step += 1
             host = jax.device_get(m)  # one transfer for every metric of the step
@@ -337,17 +364,28 @@ def _one_epoch(run: _Run, epoch: int, step_fn: Callable, metrics: rundir.Metrics
     return sums
 
 
+def _batches(run: _Run, epoch: int) -> Any:
+    """The epoch's batches: shuffled (x, y), or for DP-SGD Poisson samples (x, y, mask)."""
+    cfg, ds = run.cfg, run.ds
+    if not cfg.private:
+        return data.batches(ds.x_train, ds.y_train, cfg.batch_size, seed=cfg.seed, epoch=epoch)
+    return dp.epoch_samples(ds.x_train, ds.y_train, cfg.batch_size, run.n_batches, epoch,
+                            seed=cfg.seed, multiple=1 if run.mesh is None else run.mesh.size)
+
+
 def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
                metrics: rundir.MetricsLog, started: float) -> dict:
     """Evaluate, log the epoch's record, then checkpoint (in that order: a crash between the two
     redoes the epoch on resume, whose records are then dropped and written again)."""
     test = steps.evaluate(run.model, run.params, run.state, run.ds.x_test, run.ds.y_test,
                           eval_step=eval_step)
-    n, iou = run.n_batches, test.get("mean_iou")  # IoU: per-position heads only
+    n, iou, cfg = run.n_batches, test.get("mean_iou"), run.cfg  # IoU: per-position heads
+    private = {} if not cfg.private else dp.privacy_record(  # epsilon after the steps so far
+        cfg.dp_noise, cfg.batch_size / len(run.ds.x_train), run.step, cfg.dp_delta)
     summary = {"kind": "epoch", "epoch": epoch + 1, "step": run.step,
                "train_loss": sums["loss"] / n, "train_accuracy": sums["accuracy"] / n,
                "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-               **({} if iou is None else {"test_mean_iou": iou}),
+               **({} if iou is None else {"test_mean_iou": iou}), **private,
                "seconds": time.perf_counter() - started}
     metrics.append(summary)
     checkpoint.save(run.ckpt, (run.params, run.state, run.opt_state),
@@ -355,23 +393,14 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
                      "data_sha256": run.data_sha256})
     run.log(f"epoch {epoch + 1}: train loss {summary['train_loss']:.4f}, test loss "
             f"{test['loss']:.4f}, test accuracy {test['accuracy']:.4f}"
-            + ("" if iou is None else f", test mean IoU {iou:.4f}"))
+            + ("" if iou is None else f", test mean IoU {iou:.4f}")
+            + (f", epsilon {summary['epsilon']:.3f} (delta {run.cfg.dp_delta:g})"
+               if "epsilon" in summary else ""))
     return summary
 
 
-def _first_conv2d(tree: Any) -> Any:
-    """The first (kh, kw, C_in, C_out) "w" of a layer's params, in layer order (inside
-    combinators too), else None (1-D and 3-D kernels are not drawn)."""
-    if not isinstance(tree, dict):
-        return None
-    if "w" in tree and getattr(tree["w"], "ndim", 0) == 4:
-        return tree["w"]
-    return next((w for v in tree.values() if (w := _first_conv2d(v)) is not None), None)
-
-
 def _plots(run: _Run) -> None:
-    first_conv = next((w for layer in run.model.layers
-                       if (w := _first_conv2d(run.params.get(layer.name))) is not None), None)
+    first_conv = plots.first_conv2d([run.params.get(layer.name) for layer in run.model.layers])
     for path in plots.plot_run(run.out, first_conv):
         run.log(f"wrote {path}")
 
