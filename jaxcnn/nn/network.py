@@ -356,8 +356,7 @@ class Network:
         """The manual backward pass: (grads with params' structure, deltas).
 
         deltas[i] is dL/d(activations[i]): deltas[-1] the loss delta on the logits (the head's,
-        or `delta` when given: e.g. its rows re-weighted, as clipped gradients need), deltas[0]
-        the gradient with respect to the input images.
+        or `delta` when given), deltas[0] the gradient with respect to the input images.
         """
         acts = trace.activations
         delta = self.head.delta(acts[-1], y) if delta is None else delta
@@ -394,11 +393,6 @@ class Network:
                                                        method)
             sq = sq + sq_k
         return sq, lambda w: {name: regrads[name](w) for name in params}
-
-    def per_example_sq_norms(self, params: Params, trace: Trace, y: Array,
-                             method: str = "auto") -> Array:
-        """(N,) = ||grad l_i||^2 over all params (`per_example_pass`'s sq)."""
-        return self.per_example_pass(params, trace, y, method)[0]
 
     def __repr__(self) -> str:
         rows = [f"  {'input':12} {self.input_shape}"]

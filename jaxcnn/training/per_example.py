@@ -85,7 +85,7 @@ def per_example_grad_norms(model: Network, params: Params, x: Array, y: Array, *
     _check("per_example_grad_norms", model, x, y, train)
     ghost.check_method("per_example_grad_norms", method)
     _, trace = model.loss_and_trace(params, x, y, state=state, train=train, key=key)
-    return jnp.sqrt(model.per_example_sq_norms(params, trace, y, method))
+    return jnp.sqrt(model.per_example_pass(params, trace, y, method)[0])
 
 
 def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_norm: float,
