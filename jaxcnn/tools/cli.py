@@ -8,7 +8,8 @@
     jaxcnn bench [--against torch] [--impl conv,gemm,auto] [--networks seed:1,lenet5:128]
     jaxcnn explain conv2d --input 7x7x3 --kernel 3x3 --filters 4 --stride 2 --padding SAME
 
-To add a subcommand, write `_<name>_args(parser)` (its options) and `_<name>(args) -> int` (a thin
+The module is over 400 lines because every subcommand's options sit beside its thin call into
+the library, five of them, so that `--help` and the code read alike. To add a subcommand, write `_<name>_args(parser)` (its options) and `_<name>(args) -> int` (a thin
 call into the library returning the exit status) and `register` them at the bottom of this file.
 Exit status: 0 on success, 1 when a check fails or training stops (divergence), 2 on bad input
 (one line on stderr, naming the argument, path or file; argparse's usage errors included), 130 on
@@ -31,7 +32,15 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from jaxcnn.nn import grads, lookup, models
-from jaxcnn.tools import bench, bench_torch, explain, gradcheck, walkthrough, walkthrough_residual
+from jaxcnn.tools import (
+    bench,
+    bench_dp,
+    bench_torch,
+    explain,
+    gradcheck,
+    walkthrough,
+    walkthrough_residual,
+)
 from jaxcnn.training import optim
 from jaxcnn.training import run as trainer
 
@@ -329,8 +338,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--against", choices=("torch",), help="also time PyTorch eager on the CPU")
     p.add_argument("--impl", default="conv", help="comma-separated manual formulations to time "
                    "(conv, gemm, auto)")
-    p.add_argument("--networks", default=",".join(f"{n}:{b}" for n, b in bench.NETWORKS),
-                   help="comma-separated NAME:BATCH pairs")
+    p.add_argument("--networks", default=None, help="comma-separated NAME:BATCH pairs "
+                   f"(default {_pairs(bench.NETWORKS)}; with --dp {_pairs(bench_dp.NETWORKS)})")
+    p.add_argument("--dp", action="store_true", help="the DP-SGD benchmark instead: the DP step "
+                   "(ghost norms, clipped sum, noise) against the non-private step and "
+                   "vmap(jax.grad) + clip (jaxcnn.tools.bench_dp)")
     p.add_argument("--rounds", type=POSITIVE, default=7, help="interleaved rounds")
     p.add_argument("--precision", choices=tuple(bench.PRECISIONS), default="highest",
                    help="precision of every product ('default' is TF32 on recent NVIDIA GPUs)")
@@ -339,9 +351,14 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="PATH", help="also write the table to PATH")
 
 
+def _pairs(networks: tuple[tuple[str, int], ...]) -> str:
+    return ",".join(f"{n}:{b}" for n, b in networks)
+
+
 def _bench(args: argparse.Namespace) -> int:
     networks = []
-    for item in args.networks.split(","):
+    default = bench_dp.NETWORKS if args.dp else bench.NETWORKS
+    for item in (args.networks or _pairs(default)).split(","):
         name, _, batch = item.partition(":")
         if name not in models.MODELS or not batch.isdigit() or int(batch) < 1:
             raise ValueError(f"--networks: {item!r} must be NAME:BATCH with NAME one of "
@@ -352,6 +369,14 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--impl must list conv, gemm or auto; got {args.impl!r}")
     _check_parent("--json", args.json)
     _check_parent("--markdown", args.markdown)
+    if args.dp:
+        result = bench_dp.run(tuple(networks), rounds=args.rounds)
+        text = bench_dp.to_markdown(result)
+        for path, out in ((args.json, json.dumps(result, indent=1)), (args.markdown, text)):
+            if path:
+                Path(path).write_text(out + "\n")
+        print(text)
+        return 0
     try:
         result = bench.run(tuple(networks), impls=impls, against_torch=args.against == "torch",
                            per_example=not args.no_per_example, rounds=args.rounds,
