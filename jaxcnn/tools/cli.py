@@ -9,8 +9,9 @@
     jaxcnn explain conv2d --input 7x7x3 --kernel 3x3 --filters 4 --stride 2 --padding SAME
 
 The module is over 400 lines because every subcommand's options sit beside its thin call into
-the library, five of them, so that `--help` and the code read alike. To add a subcommand, write `_<name>_args(parser)` (its options) and `_<name>(args) -> int` (a thin
-call into the library returning the exit status) and `register` them at the bottom of this file.
+the library, five of them, so that `--help` and the code read alike. To add a subcommand,
+write `_<name>_args(parser)` (its options) and `_<name>(args) -> int` (a thin call into the
+library returning the exit status) and `register` them at the bottom of this file.
 Exit status: 0 on success, 1 when a check fails or training stops (divergence), 2 on bad input
 (one line on stderr, naming the argument, path or file; argparse's usage errors included), 130 on
 Ctrl-C (the shell's 128 + SIGINT; `jaxcnn train` says after which step and from which checkpoint
