@@ -147,11 +147,14 @@ def test_grad_statistics_are_the_moments_of_the_per_example_gradients():
 
 
 def test_the_cost_model_counts_and_chooses():
-    # 8x8 output positions, patch 3*3*16, 32 channels: ghost 64^2 = 4096 < 144 * 32 = 4608
-    assert ghost.costs(64, 144, 32, 1) == {"ghost": (2 * 64 * 64 * 176, 4096),
-                                            "instantiate": (2 * 64 * 144 * 32, 4608)}
-    assert ghost.choose(64, 144, 32, 1) == "ghost"
+    # 4x4 output positions, patch 3*3*64, 128 channels: ghost 16^2 + 16 * 576 = 9472 elements
+    # (Gram matrices and patches) < 576 * 128 = 73728 for the per-example dW
+    assert ghost.costs(16, 576, 128, 1) == {
+        "ghost": (2 * 16 * 16 * (576 + 128) + 2 * 16 * 576 * 576, 16 * 16 + 16 * 576),
+        "instantiate": (2 * 16 * 576 * 128, 576 * 128)}
+    assert ghost.choose(16, 576, 128, 1) == "ghost"
     assert ghost.choose(1024, 27, 32, 1) == "instantiate"  # a 32x32 map: T^2 is large
+    assert ghost.choose(256, 576, 128, 1) == "instantiate"  # the patches alone: 147456
 
 
 BAD = [

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn import _geometry, backward, forward
 from jaxcnn._geometry import Padding
@@ -54,18 +56,32 @@ def _conv_layer(kind: str, features: int, kernel: Any, use_bias: bool, w_init: I
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
     def norms(g, params, x, residual, method):
-        w, o = params["w"], opts
-        if transposed:  # dW pairs the patches of g (the transposed conv's output) with x
-            win = _geometry.conv_transpose(kind, x, w, o["stride"], o["padding"],
-                                           o["output_padding"], o["dilation"], groups,
-                                           spatial=n).conv.win
-            sq = ghost.conv_weight(g, x, win, groups, method)
-        else:
-            win = _geometry.conv(kind, x, w, o["stride"], o["padding"], o["dilation"], groups,
-                                 spatial=n).win
-            sq = ghost.conv_weight(x, g, win, groups, method)
-        return (backward_(g, params, x, residual)[0], sq + ghost.bias(g) if use_bias else sq,
+        # the convolution whose dW pairs src's patches with out: x and g, or for a transposed
+        # one the patches of g (its output, that convolution's input) with x
+        src, out = (g, x) if transposed else (x, g)
+        if method == "auto":
+            method = ghost.choose(int(np.prod(out.shape[1:-1])),
+                                  src.shape[-1] // groups * int(np.prod(ks)),
+                                  out.shape[-1] // groups, groups)
+        dx = backward_(g, params, x, residual)[0]
+        if method == "instantiate":  # example i's grads by the rule on example i alone
+            per = jax.vmap(lambda gi, xi: backward_(gi[None], params, xi[None], residual)[1])(
+                g, x)
+            sq = sum(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)
+                     for v in jax.tree.leaves(per))
+            return dx, sq, lambda wts: jax.tree.map(lambda v: jnp.tensordot(wts, v, 1), per)
+        sq = ghost.conv_ghost(src, out, _window(x, params["w"]), groups)
+        return (dx, sq + ghost.bias(g) if use_bias else sq,
                 reweighted(backward_, g, params, x, residual))
+
+    def _window(x, w):
+        o = opts
+        if transposed:
+            return _geometry.conv_transpose(kind, x, w, o["stride"], o["padding"],
+                                            o["output_padding"], o["dilation"], groups,
+                                            spatial=n).conv.win
+        return _geometry.conv(kind, x, w, o["stride"], o["padding"], o["dilation"], groups,
+                              spatial=n).win
 
     def with_impl(new: str) -> Layer:
         return _conv_layer(kind, features, ks, use_bias, w_init, new, name, **opts)

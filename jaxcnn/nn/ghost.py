@@ -16,11 +16,13 @@ outer products of the input it read and the gradient it got:
 convolutions). For a convolution with T output positions, patch length D (per group) and C
 output channels (per group), per example and group:
 
-    ghost        2 T^2 (D + C) FLOPs, T^2 elements (each Gram matrix, one at a time)
-    instantiate  2 T D C FLOPs,       D C elements
+    ghost        2 T^2 (D + C) + 2 T D^2 FLOPs, T^2 + T D elements (the Gram matrices, and
+                 the unfolded patches: XLA extracts them as a convolution with a one-hot kernel)
+    instantiate  2 T D C FLOPs,                D C elements (example i's dW)
 and `choose` takes the one needing less memory, then fewer FLOPs (mixed ghost clipping, Bu et
-al. 2022: ghost where 2 T^2 < D C, roughly). A transposed convolution is the dX of the
-convolution it transposes, so its dW pairs the patches of its output gradient (that
+al. 2022, whose rule, ghost where 2 T^2 < D C, leaves out the patches). The instantiated dW_i
+is the layer's own dW rule on example i alone, under vmap. A transposed convolution is the dX
+of the convolution it transposes, so its dW pairs the patches of its output gradient (that
 convolution's input grid) with its input (that convolution's output).
 
 Every function takes per-example rows: g (N, ...) is dl_i/d(output) for example i (N times the
@@ -77,7 +79,7 @@ def affine(g: Array, x_hat: Array) -> Array:
 def costs(t: int, d: int, c: int, groups: int) -> dict[str, tuple[int, int]]:
     """{"ghost": (FLOPs, memory elements), "instantiate": (...)} per example of one
     convolution with t output positions, patch length d and c output channels per group."""
-    return {"ghost": (2 * t * t * (d + c) * groups, t * t * groups),
+    return {"ghost": ((2 * t * t * (d + c) + 2 * t * d * d) * groups, (t * t + t * d) * groups),
             "instantiate": (2 * t * d * c * groups, d * c * groups)}
 
 
@@ -98,24 +100,19 @@ def _patches(src: Array, win: _geometry.Window, precision: Any) -> Array:
     return p.reshape(p.shape[0], -1, p.shape[-1])
 
 
-def conv_weight(src: Array, g: Array, win: _geometry.Window, groups: int,
-                method: str) -> Array:
-    """(N,) = ||dW_i||^2 of a convolution read as `y = conv(src, W)` on window `win`: src
-    (N, *S, C_src) the input it unfolds, g (N, *O, C_g) the rows of its output gradient.
+def conv_ghost(src: Array, g: Array, win: _geometry.Window, groups: int) -> Array:
+    """(N,) = ||dW_i||^2 of a convolution read as `y = conv(src, W)` on window `win`, by the
+    ghost sum: per group, `<A_i A_i^T, g_i g_i^T>` over position pairs. src (N, *S, C_src) the
+    input it unfolds, g (N, *O, C_g) the rows of its output gradient.
 
-    method "ghost": per group, `<A_i A_i^T, g_i g_i^T>` over position pairs; "instantiate":
-    dW_i = A_i^T g_i per example, squared and summed; "auto": `choose`.
+    (The instantiated alternative is the layer's own dW rule on each example alone, under
+    vmap: `jaxcnn.nn.conv_layers`.)
     """
     precision = precision_of(None)
     a = _patches(src, win, precision)  # (N, T, C_src K)
     n, t, _ = a.shape
     a = a.reshape(n, t, groups, -1)  # channel-major features: group g's channels contiguous
     g = g.reshape(n, t, groups, -1)
-    if method == "auto":
-        method = choose(t, a.shape[-1], g.shape[-1], groups)
-    if method == "ghost":
-        aa = jnp.einsum("ntgd,nsgd->ngts", a, a, precision=precision)
-        gg = jnp.einsum("ntgc,nsgc->ngts", g, g, precision=precision)
-        return jnp.sum(aa * gg, axis=(1, 2, 3))
-    dw = jnp.einsum("ntgd,ntgc->ngdc", a, g, precision=precision)
-    return jnp.sum(dw ** 2, axis=(1, 2, 3))
+    aa = jnp.einsum("ntgd,nsgd->ngts", a, a, precision=precision)
+    gg = jnp.einsum("ntgc,nsgc->ngts", g, g, precision=precision)
+    return jnp.sum(aa * gg, axis=(1, 2, 3))
