@@ -5,11 +5,14 @@
         bridge.max_pool(bridge.relu(bridge.conv2d(x, p["w1"], p["b1"])))), p["w2"], p["b2"]), y)
     jax.grad(loss)(params, x, y)      # runs jaxcnn.backward's rules, not JAX's derivatives
 
-Every function here has the name and signature of its `jaxcnn.forward` namesake. Its primal IS
-the forward op (so a bad argument raises the very same ValueError / TypeError, before anything is
-traced); its VJP is the `jaxcnn.backward` rule, looked up on that module at each call, so a
-patched `jaxcnn.backward.<name>` takes effect. Labels (the losses' y, mse's target t) and
-BatchNorm's running mean and var get a zero cotangent: they are data, not parameters.
+Every op of `jaxcnn.forward` has a namesake here with its signature (tests/test_bridge.py checks
+both). A twin's primal IS the forward op (so a bad argument raises the very same ValueError /
+TypeError, before anything is traced); its VJP is the `jaxcnn.backward` rule, looked up on that
+module at each call, so a patched `jaxcnn.backward.<name>` takes effect. Labels (the losses' y,
+mse's target t) and BatchNorm's running mean and var get a zero cotangent: they are data, not
+parameters. This module is over 400 lines because it holds a twin of every forward op, each with
+the forward's full signature and shapes, beside `bridge(model)`: one pattern, which split by
+family would only be scattered over files.
 
 `bridge(model)` does the same for a whole `Network`: each layer's apply becomes a custom_vjp whose
 backward is the layer's hand-written `backward`, and the fused loss head's backward is its
@@ -38,19 +41,24 @@ from jax import lax
 
 from jaxcnn import backward, forward
 from jaxcnn._geometry import Padding
+from jaxcnn.forward.conv import Ints
 from jaxcnn.nn.layers import Layer
 from jaxcnn.nn.network import Head, Network
 
 Array = jax.Array
 
 __all__ = [
-    "avg_pool", "batch_norm", "binary_cross_entropy", "bridge", "conv2d", "convolve2d", "dense",
-    "flatten", "l2_pool", "leaky_relu", "max_pool", "mse", "relu", "sigmoid",
-    "sigmoid_binary_cross_entropy", "softmax", "softmax_cross_entropy", "tanh",
+    "add", "avg_pool", "batch_norm", "binary_cross_entropy", "bridge", "concat", "conv1d",
+    "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolve2d",
+    "dense", "flatten", "global_avg_pool", "group_norm", "l2_pool", "layer_norm", "leaky_relu",
+    "max_pool", "moments", "mse", "pixel_sigmoid_binary_cross_entropy",
+    "pixel_softmax_cross_entropy", "relu", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
+    "softmax_cross_entropy", "tanh", "upsample_nearest",
 ]
 
 # forward(x, w, b) has the rule backward(dy, x, w) -> (dx, dw, db): the bias is not an input
-_BIASED = ("conv2d", "convolve2d", "dense")
+_BIASED = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+           "conv_transpose3d", "convolve2d", "dense")
 
 
 # ----------------------------------------------------------------------------- machinery
@@ -107,7 +115,8 @@ def _custom(name: str, options: tuple[tuple[str, Any], ...], typed: Any) -> Any:
 
     def bwd(args, ct):
         rule = getattr(backward, name)  # at call time: a patched rule takes effect
-        cts = rule(ct, *args[:2], **opts) if name in _BIASED else rule(ct, *args, **opts)
+        ct = ct if isinstance(ct, tuple) else (ct,)  # moments: one cotangent per output
+        cts = rule(*ct, *args[:2], **opts) if name in _BIASED else rule(*ct, *args, **opts)
         cts = cts if isinstance(cts, tuple) else (cts,)
         cts = cts + (None,) * (len(args) - len(cts))  # labels, running statistics: no gradient
         return tuple(_like(g, a) for g, a in zip(cts, args))
@@ -132,6 +141,16 @@ def _call(name: str, args: tuple, **options: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- the ops
+# convolutions: x (N, *spatial, C_in), b (C_out,) or None; the options as the forward's
+def conv1d(x: Array, w: Array, b: Array | None = None, *, stride: Ints = 1,
+           padding: Padding = "VALID", dilation: Ints = 1, groups: int = 1,
+           precision: Any = None, impl: str = "conv") -> Array:
+    """`forward.conv1d` (x (N, W, C_in), w (kw, C_in // groups, C_out) -> (N, O, C_out)), VJP
+    `backward.conv1d`."""
+    return _call("conv1d", (x, w, b), stride=stride, padding=padding, dilation=dilation,
+                 groups=groups, precision=precision, impl=impl)
+
+
 def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[int, int] = 1,
            padding: Padding = "VALID", dilation: int | tuple[int, int] = 1, groups: int = 1,
            precision: Any = None, impl: str = "conv") -> Array:
@@ -139,6 +158,15 @@ def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int | tuple[in
     None -> (N, O_h, O_w, C_out)) with `backward.conv2d` as its VJP; `impl` ("conv", "gemm",
     "auto") picks the formulation of both."""
     return _call("conv2d", (x, w, b), stride=stride, padding=padding, dilation=dilation,
+                 groups=groups, precision=precision, impl=impl)
+
+
+def conv3d(x: Array, w: Array, b: Array | None = None, *, stride: Ints = 1,
+           padding: Padding = "VALID", dilation: Ints = 1, groups: int = 1,
+           precision: Any = None, impl: str = "conv") -> Array:
+    """`forward.conv3d` (x (N, D, H, W, C_in), w (kd, kh, kw, C_in // groups, C_out) ->
+    (N, O_d, O_h, O_w, C_out)), VJP `backward.conv3d`."""
+    return _call("conv3d", (x, w, b), stride=stride, padding=padding, dilation=dilation,
                  groups=groups, precision=precision, impl=impl)
 
 
@@ -152,35 +180,75 @@ def convolve2d(x: Array, w: Array, b: Array | None = None, *,
                  groups=groups, precision=precision, impl=impl)
 
 
+def conv_transpose1d(x: Array, w: Array, b: Array | None = None, *, stride: Ints = 1,
+                     padding: Ints = 0, output_padding: Ints = 0, dilation: Ints = 1,
+                     groups: int = 1) -> Array:
+    """`forward.conv_transpose1d` (x (N, W, C_in), w (kw, C_out // groups, C_in) -> (N, O,
+    C_out), O = (W - 1) s - 2 p + d (k - 1) + output_padding + 1), VJP its backward rule."""
+    return _call("conv_transpose1d", (x, w, b), stride=stride, padding=padding,
+                 output_padding=output_padding, dilation=dilation, groups=groups)
+
+
+def conv_transpose2d(x: Array, w: Array, b: Array | None = None, *, stride: Ints = 1,
+                     padding: Ints = 0, output_padding: Ints = 0, dilation: Ints = 1,
+                     groups: int = 1) -> Array:
+    """`forward.conv_transpose2d` (x (N, H, W, C_in), w (kh, kw, C_out // groups, C_in) ->
+    (N, O_h, O_w, C_out)), VJP `backward.conv_transpose2d`."""
+    return _call("conv_transpose2d", (x, w, b), stride=stride, padding=padding,
+                 output_padding=output_padding, dilation=dilation, groups=groups)
+
+
+def conv_transpose3d(x: Array, w: Array, b: Array | None = None, *, stride: Ints = 1,
+                     padding: Ints = 0, output_padding: Ints = 0, dilation: Ints = 1,
+                     groups: int = 1) -> Array:
+    """`forward.conv_transpose3d` (x (N, D, H, W, C_in), w (kd, kh, kw, C_out // groups, C_in)
+    -> (N, O_d, O_h, O_w, C_out)), VJP `backward.conv_transpose3d`."""
+    return _call("conv_transpose3d", (x, w, b), stride=stride, padding=padding,
+                 output_padding=output_padding, dilation=dilation, groups=groups)
+
+
 def dense(x: Array, w: Array, b: Array | None = None, *, precision: Any = None) -> Array:
     """`forward.dense` (x (N, D_in), w (D_in, D_out), b (D_out,) -> (N, D_out)), VJP
     `backward.dense`."""
     return _call("dense", (x, w, b), precision=precision)
 
 
+# shape, pooling, activations, joins: x (N, *spatial, C) with 1, 2 or 3 spatial axes
 def flatten(x: Array) -> Array:
     """`forward.flatten` ((N, d1, ...) -> (N, d1 * ...)), VJP `backward.flatten`."""
     return _call("flatten", (x,))
 
 
-def max_pool(x: Array, *, window: int | tuple[int, int] = 2,
-             stride: int | tuple[int, int] | None = None, padding: Padding = "VALID") -> Array:
-    """`forward.max_pool` ((N, H, W, C) -> (N, O_h, O_w, C)), VJP `backward.max_pool`."""
+def upsample_nearest(x: Array, *, scale: int | tuple[int, ...] = 2) -> Array:
+    """`forward.upsample_nearest` ((N, *S, C) -> (N, *(S * scale), C)), VJP its rule: dy
+    summed over each block of copies."""
+    return _call("upsample_nearest", (x,), scale=scale)
+
+
+def max_pool(x: Array, *, window: int | tuple[int, ...] = 2,
+             stride: int | tuple[int, ...] | None = None, padding: Padding = "VALID") -> Array:
+    """`forward.max_pool` ((N, *S, C) -> (N, *O, C)), VJP `backward.max_pool`."""
     return _call("max_pool", (x,), window=window, stride=stride, padding=padding)
 
 
-def avg_pool(x: Array, *, window: int | tuple[int, int] = 2,
-             stride: int | tuple[int, int] | None = None, padding: Padding = "VALID",
+def avg_pool(x: Array, *, window: int | tuple[int, ...] = 2,
+             stride: int | tuple[int, ...] | None = None, padding: Padding = "VALID",
              count_include_pad: bool = True) -> Array:
-    """`forward.avg_pool` ((N, H, W, C) -> (N, O_h, O_w, C)), VJP `backward.avg_pool`."""
+    """`forward.avg_pool` ((N, *S, C) -> (N, *O, C)), VJP `backward.avg_pool`."""
     return _call("avg_pool", (x,), window=window, stride=stride, padding=padding,
                  count_include_pad=count_include_pad)
 
 
-def l2_pool(x: Array, *, window: int | tuple[int, int] = 2,
-            stride: int | tuple[int, int] | None = None, padding: Padding = "VALID") -> Array:
-    """`forward.l2_pool` ((N, H, W, C) -> (N, O_h, O_w, C)), VJP `backward.l2_pool`."""
+def l2_pool(x: Array, *, window: int | tuple[int, ...] = 2,
+            stride: int | tuple[int, ...] | None = None, padding: Padding = "VALID") -> Array:
+    """`forward.l2_pool` ((N, *S, C) -> (N, *O, C)), VJP `backward.l2_pool`."""
     return _call("l2_pool", (x,), window=window, stride=stride, padding=padding)
+
+
+def global_avg_pool(x: Array) -> Array:
+    """`forward.global_avg_pool` ((N, *S, C) -> (N, C), the mean over the S positions), VJP
+    `backward.global_avg_pool` (dx = dy / S at every position)."""
+    return _call("global_avg_pool", (x,))
 
 
 def relu(x: Array) -> Array:
@@ -208,6 +276,24 @@ def softmax(x: Array, axis: int = -1) -> Array:
     return _call("softmax", (x,), axis=axis)
 
 
+def add(a: Array, b: Array) -> Array:
+    """`forward.add` (a, b of one shape -> a + b), VJP `backward.add` (da = db = dy)."""
+    return _call("add", (a, b))
+
+
+def concat(a: Array, b: Array) -> Array:
+    """`forward.concat` ((N, *S, C_a), (N, *S, C_b) -> (N, *S, C_a + C_b)), VJP
+    `backward.concat` (dy split by channels)."""
+    return _call("concat", (a, b))
+
+
+# normalisations: x (N, ..., C); gamma, beta (and BatchNorm's running mean, var) (C,)
+def moments(x: Array, *, axis_name: str | None = None) -> tuple[Array, Array]:
+    """`forward.moments` (x (N, ..., C) -> (mean, var), each (C,)), VJP `backward.moments`
+    (dx = (dmean + 2 dvar (x - mean)) / M)."""
+    return _call("moments", (x,), axis_name=axis_name)
+
+
 def batch_norm(x: Array, gamma: Array, beta: Array, mean: Array | None = None,
                var: Array | None = None, *, eps: float = 1e-5,
                axis_name: str | None = None) -> Array:
@@ -217,28 +303,51 @@ def batch_norm(x: Array, gamma: Array, beta: Array, mean: Array | None = None,
     return _call("batch_norm", (x, gamma, beta, mean, var), eps=eps, axis_name=axis_name)
 
 
+def group_norm(x: Array, gamma: Array, beta: Array, *, groups: int,
+               eps: float = 1e-5) -> Array:
+    """`forward.group_norm` (x (N, ..., C), statistics per example and group of C / groups
+    channels), VJP `backward.group_norm`."""
+    return _call("group_norm", (x, gamma, beta), groups=groups, eps=eps)
+
+
+def layer_norm(x: Array, gamma: Array, beta: Array, *, eps: float = 1e-5) -> Array:
+    """`forward.layer_norm` (x (N, ..., C), statistics over the C channels of each position),
+    VJP `backward.layer_norm`."""
+    return _call("layer_norm", (x, gamma, beta), eps=eps)
+
+
+# losses -> scalar; the labels y (and mse's target t) get no gradient
 def binary_cross_entropy(p: Array, y: Array) -> Array:
-    """`forward.binary_cross_entropy` (p (N,) or (N, 1), y (N,) -> scalar), VJP
-    `backward.binary_cross_entropy`; y gets no gradient."""
+    """`forward.binary_cross_entropy` (p (N,) or (N, 1), y (N,)), VJP its rule."""
     return _call("binary_cross_entropy", (p, y))
 
 
 def sigmoid_binary_cross_entropy(z: Array, y: Array) -> Array:
-    """`forward.sigmoid_binary_cross_entropy` (z (N,) or (N, 1) logits, y (N,) -> scalar), VJP
-    `backward.sigmoid_binary_cross_entropy`; y gets no gradient."""
+    """`forward.sigmoid_binary_cross_entropy` (z (N,) or (N, 1) logits, y (N,)), VJP its
+    rule."""
     return _call("sigmoid_binary_cross_entropy", (z, y))
 
 
 def softmax_cross_entropy(z: Array, y: Array) -> Array:
-    """`forward.softmax_cross_entropy` (z (N, K), y (N,) int or (N, K) -> scalar), VJP
-    `backward.softmax_cross_entropy`; y gets no gradient (a None cotangent: zero, or float0
-    for integer labels)."""
+    """`forward.softmax_cross_entropy` (z (N, K), y (N,) int or (N, K)), VJP its rule; integer
+    labels get a float0 cotangent."""
     return _call("softmax_cross_entropy", (z, y))
 
 
+def pixel_softmax_cross_entropy(z: Array, y: Array) -> Array:
+    """`forward.pixel_softmax_cross_entropy` (z (N, *S, K), y (N, *S) int class ids), VJP its
+    rule, (softmax(z) - onehot(y)) / (N P)."""
+    return _call("pixel_softmax_cross_entropy", (z, y))
+
+
+def pixel_sigmoid_binary_cross_entropy(z: Array, y: Array) -> Array:
+    """`forward.pixel_sigmoid_binary_cross_entropy` (z (N, *S, 1) or (N, *S), y (N, *S) of
+    0./1.), VJP its rule, (sigmoid(z) - y) / (N P)."""
+    return _call("pixel_sigmoid_binary_cross_entropy", (z, y))
+
+
 def mse(y_pred: Array, t: Array) -> Array:
-    """`forward.mse` (two arrays of one shape -> scalar), VJP `backward.mse`; the target t gets
-    no gradient."""
+    """`forward.mse` (two arrays of one shape), VJP `backward.mse`."""
     return _call("mse", (y_pred, t))
 
 

@@ -266,6 +266,36 @@ def test_gradcheck_sabotage_fails_then_the_rule_is_restored():
     assert {r.path for r in rows if not r.ok} == {"['conv']['w']", "['conv']['b']"}
 
 
+def test_gradcheck_of_a_new_model_through_the_cli(capsys):
+    """cnn1d (Conv1D, GroupNorm, GlobalAvgPool on (N, 128, 1) signals) passes at batch 2: its
+    header names the 1-D layout, every leaf has a row and the verdict is PASS (exit 0)."""
+    assert cli.main(["gradcheck", "--model", "cnn1d", "--batch", "2", "--fd-per-leaf", "2"]) == 0
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[1] == ("input x (N, 128, 1), layout (N, W, C); labels y (N,) holding int class "
+                        "ids in [0, 4)")
+    rows = [line for line in lines if line.startswith(("loss ", "['"))]
+    assert len(rows) == 11 and all(line.endswith(" ok") for line in rows), rows
+    assert lines[-1] == "PASS: the loss and all 10 parameter leaves within tolerance"
+
+
+@pytest.mark.parametrize("name, line", [
+    ("unet", "input x (N, 32, 32, 1), layout (N, H, W, C); labels y (N, 32, 32) holding int "
+             "class ids in [0, 3)"),
+    ("cnn3d", "input x (N, 16, 16, 16, 1), layout (N, D, H, W, C); labels y (N,) holding int "
+              "class ids in [0, 3)"),
+], ids=["unet", "cnn3d"])
+def test_gradcheck_header_names_any_input_rank_and_the_labels(name, line):
+    """The header of the U-Net (per-pixel labels) and the 3-D CNN, built, not run (their
+    gradient checks are in tests/test_new_models.py), and the shapes of the batch gradcheck
+    draws: x (N, *input_shape), y from model.head.random_labels."""
+    m = models.get(name)
+    params = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.float64))
+    header = gradcheck._header(m, params, "float64", 2, 0, False, 0.05, 1.0, 1.0, None, 1.0)
+    assert header.splitlines()[1] == line
+    _, _, x, y, _ = gradcheck._check_point(m, jnp.float32, 2, 0, 0.0)
+    assert x.shape == (2, *m.input_shape) and y.shape == m.head.label_shape(2, m.output_shape)
+
+
 # ----------------------------------------------------------------------------- --check-grads
 def test_check_gradients_stops_on_a_non_finite_leaf(monkeypatch, seed_problem):
     from jaxcnn.training import run

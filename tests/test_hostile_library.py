@@ -13,7 +13,8 @@ import pytest
 
 from jaxcnn import bridge
 from jaxcnn.nn import grads, layers, models
-from jaxcnn.nn.network import BINARY, SOFTMAX, Network
+from jaxcnn.nn.combinators import Residual, SkipConcat
+from jaxcnn.nn.network import BINARY, PIXEL_BINARY, PIXEL_SOFTMAX, REGRESSION, SOFTMAX, Network
 from jaxcnn.tools import gradcheck
 
 NAN = float("nan")
@@ -251,3 +252,202 @@ def test_messages_are_one_line_and_name_no_internal_error():
             assert "\n" not in str(e) and not re.search(r"KeyError|AttributeError", str(e))
         else:
             raise AssertionError("check_params accepted malformed params")
+
+
+# ----------------------------------------------------------------------------- the new layers
+def _net(layer_list, input_shape, head=PIXEL_SOFTMAX, name="n"):
+    """A Network built from `layer_list` (building checks every layer's options)."""
+    return Network(name, layer_list, input_shape, head)
+
+
+# (id, thunk, exception, fragments: the argument, the value got, what is expected)
+NEW_LAYERS = [
+    ("conv1d-kernel-pair", lambda: layers.Conv1D(4, (3, 3)), TypeError,
+     ["Conv1D", "kernel", "an int or a tuple of 1 int (w,)", "got (3, 3)"]),
+    ("conv3d-stride-pair", lambda: _net([layers.Conv3D(2, 3, stride=(1, 2))], (6, 6, 6, 1)),
+     TypeError, ["conv3d", "stride", "a tuple of 3 ints (d, h, w)", "got (1, 2)"]),
+    ("conv1d-padding-pair", lambda: _net([layers.Conv1D(2, 3, padding=(1, 1))], (8, 1)),
+     TypeError, ["conv1d", "padding", "(p,) or ((lo, hi),)", "got (1, 1)"]),
+    ("conv1d-on-images", lambda: _net([layers.Conv1D(2, 3)], (6, 6, 1)), ValueError,
+     ["conv1d", "x must be a 3-D array (N, W, C)", "got shape (1, 6, 6, 1)"]),
+    ("conv3d-features-0", lambda: layers.Conv3D(0), ValueError,
+     ["Conv3D 'conv'", "features", "an int >= 1", "got 0"]),
+    ("deconv2d-output-padding", lambda: _net(
+        [layers.ConvTranspose2D(2, 3, stride=2, output_padding=2)], (4, 4, 1)), ValueError,
+     ["conv_transpose2d", "output_padding", "smaller than the stride or the dilation",
+      "output_padding (2, 2), stride (2, 2)"]),
+    ("deconv1d-groups-divide", lambda: _net([layers.ConvTranspose1D(6, 3, groups=3)], (8, 4)),
+     ValueError, ["conv_transpose1d", "groups=3", "must divide the 4 input channels of x"]),
+    ("deconv2d-features-0", lambda: layers.ConvTranspose2D(0), ValueError,
+     ["ConvTranspose2D 'deconv'", "features", "an int >= 1", "got 0"]),
+    ("deconv1d-kernel-0", lambda: layers.ConvTranspose1D(2, 0), ValueError,
+     ["ConvTranspose1D", "kernel", ">= 1 on every axis", "got (0,)"]),
+    ("deconv2d-padding-same", lambda: _net([layers.ConvTranspose2D(2, 3, padding="SAME")],
+                                           (4, 4, 1)), TypeError,
+     ["conv_transpose2d", "padding", "an int or a tuple of 2 ints", "no \"SAME\"", "'SAME'"]),
+    ("deconv1d-output-empty", lambda: _net([layers.ConvTranspose1D(2, 1, padding=3)], (2, 1)),
+     ValueError, ["conv_transpose1d", "spatial size (-4,)", "padding (3,)", ">= 1"]),
+    ("groupnorm-divide", lambda: _net([layers.Conv2D(4, 3), layers.GroupNorm(3)], (6, 6, 1)),
+     ValueError, ["GroupNorm 'groupnorm'", "groups=3", "must divide the 4 channels of x"]),
+    ("groupnorm-0", lambda: layers.GroupNorm(0), ValueError,
+     ["GroupNorm 'groupnorm'", "groups", "an int >= 1", "got 0"]),
+    ("groupnorm-float", lambda: layers.GroupNorm(2.0), ValueError,
+     ["GroupNorm", "groups", "an int >= 1", "got 2.0"]),
+    ("layernorm-eps-negative", lambda: _net([layers.LayerNorm(eps=-1.0)], (6, 6, 2)),
+     ValueError, ["LayerNorm 'layernorm'", "eps", ">= 0", "got -1.0"]),
+    ("layernorm-eps-str", lambda: _net([layers.LayerNorm(eps="1e-5")], (6, 6, 2)), TypeError,
+     ["LayerNorm 'layernorm'", "eps", "a Python or NumPy number", "got '1e-5'"]),
+    ("upsample-0", lambda: _net([layers.Upsample(0)], (4, 4, 1)), ValueError,
+     ["upsample_nearest", "scale", ">= 1 on every axis", "got (0, 0)"]),
+    ("upsample-pair-on-signals", lambda: _net([layers.Upsample((2, 2))], (8, 1)), TypeError,
+     ["upsample_nearest", "scale", "a tuple of 1 ints, one per spatial axis", "got (2, 2)"]),
+    ("upsample-float", lambda: _net([layers.Upsample(1.5)], (4, 4, 1)), TypeError,
+     ["upsample_nearest", "scale", "an int or a tuple of 2 ints", "got 1.5"]),
+    ("maxpool-3-window-on-images", lambda: _net([layers.MaxPool((2, 2, 2))], (4, 4, 1)),
+     TypeError, ["max_pool", "window", "a pair of ints (h, w)", "got (2, 2, 2)"]),
+    ("global-pool-flat", lambda: _net([layers.Flatten(), layers.GlobalAvgPool()], (4, 4, 1),
+                                      SOFTMAX), ValueError,
+     ["global_avg_pool", "x must be (N, *spatial, C)", "1, 2 or 3 spatial axes",
+      "got shape (1, 16)"]),
+]
+
+
+@pytest.mark.parametrize("fn, exc, fragments", [c[1:] for c in NEW_LAYERS],
+                         ids=[c[0] for c in NEW_LAYERS])
+def test_bad_options_of_the_new_layers(fn, exc, fragments):
+    _raises(exc, fragments, fn)
+
+
+# ----------------------------------------------------------------------------- blocks and models
+BLOCKS_AND_MODELS = [
+    ("residual-identity-mismatch", lambda: _net([Residual(layers.Conv2D(3, 3, name="c"))],
+                                                (6, 6, 3)), ValueError,
+     ["Residual 'residual'", "f 'c' maps (6, 6, 3) to (4, 4, 3)", "identity shortcut",
+      "(6, 6, 3)", "shapes must be equal", "projection shortcut"]),
+    ("residual-shortcut-mismatch", lambda: _net([Residual(
+        layers.Conv2D(3, 3, padding="SAME", name="c"), layers.Conv2D(4, 1, name="s"))],
+        (6, 6, 3)), ValueError,
+     ["Residual 'residual'", "the shortcut 's' gives (6, 6, 4)", "(6, 6, 3)"]),
+    ("residual-not-a-layer", lambda: Residual(lambda x: x), TypeError,
+     ["Residual 'residual'", "f must be a Layer", "got function"]),
+    ("skip-spatial-mismatch", lambda: _net([SkipConcat(layers.MaxPool(2))], (6, 6, 3)),
+     ValueError, ["SkipConcat 'skip'", "inner 'maxpool' maps (6, 6, 3) to (3, 3, 3)",
+                  "same spatial shape (6, 6)"]),
+    ("skip-flat-inner", lambda: _net([SkipConcat(layers.Flatten())], (4, 4, 1), SOFTMAX),
+     ValueError, ["SkipConcat 'skip'", "maps (4, 4, 1) to (16,)", "same spatial shape (4, 4)"]),
+    ("unet-h-not-divisible-by-4", lambda: models.unet(input_shape=(30, 32, 1)), ValueError,
+     ["unet", "input_shape (30, 32, 1)", "H and W divisible by 4"]),
+    ("unet-width-0", lambda: models.unet(input_shape=(8, 8, 1), width=0), ValueError,
+     ["Conv2D 'conv1'", "features", "got 0"]),
+    ("resnet20-layer-norm", lambda: models.resnet20(norm="layer"), ValueError,
+     ["resnet20", "norm must be one of batch, group", "got 'layer'"]),
+    ("pixel-binary-two-channels", lambda: _net([layers.Conv2D(2, 1)], (4, 4, 1), PIXEL_BINARY),
+     ValueError, ["per-position binary head needs one logit per position", "(*S, 1)",
+                  "got (4, 4, 2)"]),
+    ("pixel-head-flat-logits", lambda: _net([layers.Flatten(), layers.Dense(2)], (4, 4, 1)),
+     ValueError, ["per-position head needs logits (*S, K) with spatial axes", "got (2,)"]),
+]
+
+
+@pytest.mark.parametrize("fn, exc, fragments", [c[1:] for c in BLOCKS_AND_MODELS],
+                         ids=[c[0] for c in BLOCKS_AND_MODELS])
+def test_bad_blocks_and_model_options(fn, exc, fragments):
+    _raises(exc, fragments, fn)
+
+
+# ----------------------------------------------------------------------------- N-d data, labels
+CNN1D = models.cnn1d(input_shape=(32, 1))
+CNN3D = models.cnn3d(input_shape=(8, 8, 8, 1))
+
+
+def test_inputs_of_the_wrong_rank_name_the_layout():
+    """A 1-D network given images, a 3-D one given images: the message names the layout."""
+    _raises(ValueError, ["cnn1d expects inputs of shape (N, 32, 1) (N, W, C)",
+                         "got x with shape (2, 32, 32, 1)"], CNN1D.check_input,
+            np.zeros((2, 32, 32, 1)))
+    _raises(ValueError, ["cnn3d expects inputs of shape (N, 8, 8, 8, 1) (N, D, H, W, C)",
+                         "got x with shape (2, 8, 8, 1)"], CNN3D.check_input,
+            np.zeros((2, 8, 8, 1)))
+    params = CNN1D.init(jax.random.key(0), jnp.float64)
+    _raises(ValueError, ["(N, W, C)", "(2, 32, 32, 1)"], jax.jit(CNN1D.loss), params,
+            jnp.zeros((2, 32, 32, 1)), np.zeros(2, np.int32))  # before XLA sees it
+
+
+PIXEL = _net([layers.Conv2D(3, 1, name="logits")], (4, 4, 1), name="pix")
+PIXEL_B = _net([layers.Conv2D(1, 1, name="logits")], (4, 4, 1), PIXEL_BINARY, name="pixb")
+REG = _net([layers.Flatten(), layers.Dense(3)], (4, 1), REGRESSION, name="reg")
+X_PIX = np.zeros((2, 4, 4, 1))
+
+BAD_LABELS = [
+    ("pixel-labels-per-image", PIXEL, X_PIX, np.zeros(2, np.int32),
+     ["pix expects y of shape (2, 4, 4)", "int class ids in [0, 3)", "got shape (2,)"]),
+    ("pixel-labels-wrong-spatial", PIXEL, X_PIX, np.zeros((2, 2, 2), np.int32),
+     ["y of shape (2, 4, 4)", "got shape (2, 2, 2)"]),
+    ("pixel-labels-float", PIXEL, X_PIX, np.zeros((2, 4, 4)),
+     ["y of shape (2, 4, 4) holding int class ids", "float64"]),
+    ("pixel-labels-out-of-range", PIXEL, X_PIX, np.full((2, 4, 4), 3, np.int32),
+     ["y holding int class ids in [0, 3)", "got values in [3, 3]"]),
+    ("pixel-binary-labels-per-image", PIXEL_B, X_PIX, np.zeros(2),
+     ["pixb expects y of shape (2, 4, 4)", "0./1. float labels", "got shape (2,)"]),
+    ("pixel-binary-labels-2", PIXEL_B, X_PIX, np.full((2, 4, 4), 2.0),
+     ["y holding 0./1. float labels", "[2.0, 2.0]"]),
+    ("regression-targets-per-example", REG, np.zeros((2, 4, 1)), np.zeros(2),
+     ["reg expects y of shape (2, 3)", "float targets", "got shape (2,)"]),
+    ("regression-targets-int", REG, np.zeros((2, 4, 1)), np.zeros((2, 3), np.int32),
+     ["y of shape (2, 3) holding float targets", "int32"]),
+]
+
+
+@pytest.mark.parametrize("net, x, y, fragments", [c[1:] for c in BAD_LABELS],
+                         ids=[c[0] for c in BAD_LABELS])
+def test_bad_labels_of_the_new_heads(net, x, y, fragments):
+    _raises(ValueError, fragments, net.check_labels, x, y)
+
+
+def test_bad_pixel_labels_are_refused_on_the_gradient_paths():
+    params = PIXEL.init(jax.random.key(0), jnp.float64)
+    y = np.zeros(2, np.int32)
+    for path in (grads.manual_grad, grads.autodiff_grad):
+        _raises(ValueError, ["y of shape (2, 4, 4)", "got shape (2,)"], path, PIXEL, params,
+                X_PIX, y)
+    _raises(ValueError, ["y of shape (2, 4, 4)"], jax.jit(jax.grad(bridge.bridge(PIXEL).loss)),
+            params, X_PIX, y)
+
+
+# ----------------------------------------------------------------------------- the CIFAR reader
+def _cifar_batch(**changes):
+    """A valid CIFAR-10 batch dict (two images) with `changes` (byte-string keys) applied."""
+    d = {b"batch_label": b"training batch", b"labels": [1, 2],
+         b"data": np.zeros((2, 3072), np.uint8), b"filenames": [b"a.png", b"b.png"]}
+    d.update({k.encode(): v for k, v in changes.items()})
+    return d
+
+
+# what tests/test_cifar.py does not already cover
+BAD_CIFAR = [
+    ("unexpected-key", _cifar_batch(evil=b"x"), ["missing []", "unexpected [\"b'evil'\"]"]),
+    ("data-one-row-flat", _cifar_batch(data=np.zeros(3072, np.uint8)),
+     ["b'data' is a uint8 array of shape (3072,)", "expected a uint8 array (n, 3072)"]),
+    ("labels-a-tuple", _cifar_batch(labels=(1, 2)),
+     ["b'labels' is a tuple", "expected a list of 2 ints in 0..9"]),
+    ("label-a-string", _cifar_batch(labels=[1, "2"]),
+     ["b'labels'[1] is '2'", "expected class ids 0..9 (ints)"]),
+]
+
+
+@pytest.mark.parametrize("obj, fragments", [c[1:] for c in BAD_CIFAR],
+                         ids=[c[0] for c in BAD_CIFAR])
+def test_bad_cifar_batches_name_the_file(tmp_path, obj, fragments):
+    import pickle
+
+    from jaxcnn.training import cifar
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+    _raises(ValueError, [str(path), *fragments], cifar.read_batch, path)
+
+
+def test_a_missing_cifar_batch_file_is_named(tmp_path):
+    from jaxcnn.training import cifar
+
+    _raises(FileNotFoundError, [str(tmp_path / "nope")], cifar.read_batch, tmp_path / "nope")

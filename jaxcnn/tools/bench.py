@@ -27,11 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.nn import grads, models
+from jaxcnn.nn.layers import CONV_OPS
 from jaxcnn.nn.network import Network
+from jaxcnn.tools.bench_torch import layer_specs, leaf_shape
 from jaxcnn.training import optim, steps
 from jaxcnn.training.per_example import per_example_grads
 
-NETWORKS = (("seed", 1), ("seed", 1024), ("lenet5", 128), ("cifar", 64), ("deep", 64))
+NETWORKS = (("seed", 1), ("seed", 1024), ("lenet5", 128), ("cifar", 64), ("deep", 64),
+            ("resnet20", 64), ("unet", 16))
 # --precision: what every product of the benchmarked steps runs at (jaxcnn's own default is
 # HIGHEST; "default" is the backend's fastest float32 mode, TF32 on recent NVIDIA GPUs).
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
@@ -39,21 +42,47 @@ PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision
 
 # ----------------------------------------------------------------------------- what a step costs
 def step_flops(model: Network, batch: int) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one training step's convolutions and dense layers:
-    the forward, dW, and dX of every layer but the first (whose dX nobody needs)."""
-    total, shape = 0, model.input_shape
-    for i, (layer, out) in enumerate(zip(model.layers, model.shapes)):
-        spec = layer.spec
-        if spec.get("kind") == "Conv2D":
-            kh, kw = spec["kernel"]
-            fwd = 2 * batch * int(np.prod(out)) * kh * kw * shape[-1] // spec["groups"]
-        elif spec.get("kind") == "Dense":
-            fwd = 2 * batch * shape[0] * spec["features"]
-        else:
-            fwd = 0
-        total += fwd * (2 if i == 0 else 3)
-        shape = out
-    return total
+    """Multiply-add FLOPs (2 per MAC) of one training step's convolutions (1-3 spatial axes,
+    transposed or not) and dense layers, blocks (Serial, Residual, SkipConcat) walked down to
+    their layers: the forward, dW, and dX of every layer whose input depends on the parameters
+    (the first layers read the network's input, whose gradient nobody needs). Per example and
+    layer, the forward is 2 * prod(out) * prod(k) * C_in / groups for a convolution (out =
+    (*O, C_out)), 2 * prod(in) * prod(k) * C_out / groups for a transposed one (in = (*S, C_in),
+    each input element spread over the kernel) and 2 * D_in * D_out for a dense layer."""
+    total, shape, depends = 0, model.input_shape, False
+    for spec in layer_specs(model):
+        shape, depends, flops = _spec_flops(spec, shape, depends)
+        total += flops
+    return batch * total
+
+
+def _spec_flops(spec: dict, shape: tuple[int, ...], depends: bool) -> tuple[tuple, bool, int]:
+    """(out_shape, whether the output depends on the parameters, FLOPs per example) of the
+    layer or block `spec` on one example of `shape`; `depends` says whether its input does."""
+    kind, shape = spec["kind"], tuple(shape)
+    if kind == "Serial":
+        total = 0
+        for sub in spec["layers"]:
+            shape, depends, flops = _spec_flops(sub, shape, depends)
+            total += flops
+        return shape, depends, total
+    if kind == "Residual":
+        out, dep_f, flops = _spec_flops(spec["f"], shape, depends)
+        dep_s, flops_s = depends, 0
+        if spec["shortcut"] is not None:
+            _, dep_s, flops_s = _spec_flops(spec["shortcut"], shape, depends)
+        return out, dep_f or dep_s, flops + flops_s
+    if kind == "SkipConcat":
+        out, dep_i, flops = _spec_flops(spec["inner"], shape, depends)
+        return (*shape[:-1], shape[-1] + out[-1]), depends or dep_i, flops
+    out, has_params = leaf_shape(spec, shape)
+    if kind in CONV_OPS:
+        k = int(np.prod(spec["kernel"]))
+        fwd = 2 * (int(np.prod(shape)) * k * spec["features"] if CONV_OPS[kind][2]
+                   else int(np.prod(out)) * k * shape[-1]) // spec["groups"]
+    else:
+        fwd = 2 * shape[0] * spec["features"] if kind == "Dense" else 0
+    return out, depends or has_params, fwd * (3 if depends else 2)
 
 
 def matmul_peak(n: int | None = None, rounds: int = 5, precision: str = "highest") -> float:
@@ -109,11 +138,11 @@ def ratios(a: list[float], b: list[float]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- one network
 def example_batch(model: Network, n: int) -> tuple[Any, Any]:
-    """A fixed random float32 batch of n images for `model`, with valid labels."""
+    """A fixed random float32 batch x (n, *model.input_shape) with valid labels y of the head's
+    label shape ((n,), or (n, H, W) class ids for the U-Net's per-pixel head)."""
     x = jax.random.normal(jax.random.key(1), (n, *model.input_shape), jnp.float32)
-    y = (jnp.asarray(np.arange(n) % 2, jnp.float32) if model.head.kind == "binary"
-         else jnp.asarray(np.arange(n) % model.num_classes, jnp.int32))
-    return x, y
+    y = model.head.random_labels(np.random.default_rng(1), n, model.output_shape, np.float32)
+    return x, jnp.asarray(y)
 
 
 def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),

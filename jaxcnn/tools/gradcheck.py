@@ -19,6 +19,7 @@ import numpy as np
 from jaxcnn import backward
 from jaxcnn.nn import grads, lookup
 from jaxcnn.nn.grads import TOLERANCES  # (vs autodiff, vs finite differences) per dtype
+from jaxcnn.nn.network import LAYOUTS
 
 # the rules `sabotage` can break: every function of jaxcnn.backward that returns gradients
 RULES = tuple(name for name in backward.__all__ if name != "moments")
@@ -160,13 +161,23 @@ def _check_point(model: Any, dt: Any, batch: int, seed: int, jitter: float) -> t
     return params, state, x, y, k_drop
 
 
+def _batch_shape(dims: tuple[int, ...]) -> str:
+    """(N, 32, 32, 1) for dims (32, 32, 1), (N,) for ()."""
+    return "(" + ", ".join(["N", *map(str, dims)]) + ("" if dims else ",") + ")"
+
+
 def _header(model: Any, params: Any, dtype: str, batch: int, seed: int, train: bool,
             jitter: float, loss_m: float, loss_a: float, sabotage: str | None,
             factor: float) -> str:
-    """The lines describing a gradcheck run."""
-    hwc = "x".join(map(str, model.input_shape))
-    header = (f"gradcheck of {model.name} ({hwc} input, {model.head.name}, "
+    """The lines describing a gradcheck run: the model, its input and labels of any rank (e.g.
+    "input x (N, 128, 1), layout (N, W, C)"; "labels y (N, 32, 32) holding int class ids in
+    [0, 3)" for a per-pixel head), the run's options and both losses."""
+    layout = LAYOUTS.get(len(model.input_shape), "(N, ...)")
+    labels = model.head.label_shape(batch, model.output_shape)[1:]
+    header = (f"gradcheck of {model.name} ({model.head.name}, "
               f"{model.num_params(params):,} parameters)\n"
+              f"input x {_batch_shape(model.input_shape)}, layout {layout}; labels y "
+              f"{_batch_shape(labels)} holding {model.head.labels(model.num_classes)}\n"
               f"{dtype}, batch {batch}, seed {seed}, "
               f"{'train=True (fixed dropout key)' if train else 'train=False'}, "
               f"params = init + {jitter:g} N(0, 1)\n"
@@ -209,12 +220,15 @@ def format_table(rows: list[LeafCheck], header: str, dtype: str, fd_per_leaf: in
       The text; its last line starts with PASS only when there are rows and every one is ok.
     """
     tol_ad, tol_fd = TOLERANCES[dtype]
-    lines = [header, "", f"{'parameter':22} {'shape':>15} {'rel vs autodiff':>16} "
+    # columns as wide as the longest path and shape (nested blocks: a U-Net's paths run to 60)
+    wp = max([22, *(len(r.path) for r in rows)])
+    ws = max([15, *(len(str(r.shape)) for r in rows)])
+    lines = [header, "", f"{'parameter':{wp}} {'shape':>{ws}} {'rel vs autodiff':>16} "
                          f"{'rel vs fin.diff':>16} {'cosine':>10}"]
     for r in rows:
         cosine = "-" if r.cosine is None else f"{r.cosine:10.7f}"
         verdict = "ok" if r.ok else "FAIL" if r.finite else "FAIL (non-finite)"
-        lines.append(f"{r.path:22} {r.shape!s:>15} {_rel(r.rel_autodiff):>16} "
+        lines.append(f"{r.path:{wp}} {r.shape!s:>{ws}} {_rel(r.rel_autodiff):>16} "
                      f"{_rel(r.rel_fd):>16} {cosine:>10}  {verdict}")
     fd_tol = "no finite differences in float32" if tol_fd is None else \
         f"<= {tol_fd:.0e} vs finite differences ({fd_per_leaf} random coordinates per leaf)"
