@@ -421,6 +421,17 @@ def pixel_labels(fn: str, z: Any, y: Any, *, binary: bool) -> int:
     return k
 
 
+def example_shape(fn: str, input_shape: Any) -> tuple[int, ...]:
+    """Check one example's shape, a tuple of ints >= 1 such as (W, C), (H, W, C) or (D, H, W, C)."""
+    if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
+            or not input_shape or not all(_is_int(d) for d in input_shape)):
+        raise TypeError(f"{fn}: input_shape must be one example's shape, a tuple of ints such as "
+                        f"(W, C), (H, W, C) or (D, H, W, C); got {input_shape!r}")
+    if min(input_shape) < 1:
+        raise ValueError(f"{fn}: input_shape must have every size >= 1; got {tuple(input_shape)}")
+    return tuple(int(d) for d in input_shape)
+
+
 def flatten(fn: str, x: Any) -> tuple[int, int]:
     """Check a flatten input (N, d1, d2, ...); return the output shape (N, d1 * d2 * ...)."""
     shape = array(fn, "x", x, None, floating=False)

@@ -309,6 +309,16 @@ NEW_LAYERS = [
                                       SOFTMAX), ValueError,
      ["global_avg_pool", "x must be (N, *spatial, C)", "1, 2 or 3 spatial axes",
       "got shape (1, 16)"]),
+    ("deconv1d-features-groups", lambda: layers.ConvTranspose1D(5, 3, groups=2), ValueError,
+     ["ConvTranspose1D 'deconv'", "groups=2 must divide features=5"]),
+    ("deconv2d-groups-0", lambda: layers.ConvTranspose2D(2, 3, groups=0), ValueError,
+     ["ConvTranspose2D 'deconv'", "groups must be an int >= 1", "got 0"]),
+    ("unet-input-shape-str", lambda: models.unet(input_shape="32x32"), TypeError,
+     ["unet", "input_shape", "(H, W, C)", "'32x32'"]),
+    ("network-input-shape-float", lambda: _net([layers.Conv1D(2, 1)], (4.0, 1)), TypeError,
+     ["n: input_shape", "tuple of ints", "(4.0, 1)"]),
+    ("network-input-shape-0", lambda: _net([layers.Conv1D(2, 1)], (0, 1)), ValueError,
+     ["n: input_shape", ">= 1", "(0, 1)"]),
 ]
 
 

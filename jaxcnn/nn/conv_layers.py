@@ -33,11 +33,12 @@ def _conv_layer(kind: str, features: int, kernel: Any, use_bias: bool, w_init: I
     n, op, transposed = CONV_OPS[kind]
     ks = _geometry.tuple_n(kind, "kernel", kernel, n)
     _features(kind, name, features)
+    groups = _groups(kind, name, features, opts["groups"])
+
     def fwd(*args, **kw):  # looked up at each call, so that a patched rule (gradcheck's
         return getattr(forward, op)(*args, **kw)  # --sabotage) is the one that runs
 
     conv_opts = dict(opts) if transposed else dict(opts, impl=check_impl(f"{kind} {name!r}", impl))
-    groups = opts["groups"]
 
     def init(key, in_shape, dtype):
         c_in = in_shape[-1]
@@ -56,32 +57,7 @@ def _conv_layer(kind: str, features: int, kernel: Any, use_bias: bool, w_init: I
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
     def norms(g, params, x, residual, method):
-        # the convolution whose dW pairs src's patches with out: x and g, or for a transposed
-        # one the patches of g (its output, that convolution's input) with x
-        src, out = (g, x) if transposed else (x, g)
-        if method == "auto":
-            method = ghost.choose(int(np.prod(out.shape[1:-1])),
-                                  src.shape[-1] // groups * int(np.prod(ks)),
-                                  out.shape[-1] // groups, groups)
-        dx = backward_(g, params, x, residual)[0]
-        if method == "instantiate":  # example i's grads by the rule on example i alone
-            per = jax.vmap(lambda gi, xi: backward_(gi[None], params, xi[None], residual)[1])(
-                g, x)
-            sq = sum(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)
-                     for v in jax.tree.leaves(per))
-            return dx, sq, lambda wts: jax.tree.map(lambda v: jnp.tensordot(wts, v, 1), per)
-        sq = ghost.conv_ghost(src, out, _window(x, params["w"]), groups)
-        return (dx, sq + ghost.bias(g) if use_bias else sq,
-                reweighted(backward_, g, params, x, residual))
-
-    def _window(x, w):
-        o = opts
-        if transposed:
-            return _geometry.conv_transpose(kind, x, w, o["stride"], o["padding"],
-                                            o["output_padding"], o["dilation"], groups,
-                                            spatial=n).conv.win
-        return _geometry.conv(kind, x, w, o["stride"], o["padding"], o["dilation"], groups,
-                              spatial=n).win
+        return _conv_norms(kind, ks, use_bias, opts, backward_, g, params, x, residual, method)
 
     def with_impl(new: str) -> Layer:
         return _conv_layer(kind, features, ks, use_bias, w_init, new, name, **opts)
@@ -90,6 +66,52 @@ def _conv_layer(kind: str, features: int, kernel: Any, use_bias: bool, w_init: I
     if not transposed:
         spec["impl"] = impl
     return Layer(name, init, apply, backward_, spec, None if transposed else with_impl, norms)
+
+
+def _groups(kind: str, name: str, features: int, groups: Any) -> int:
+    """groups: an int >= 1 dividing `features` (each group makes features // groups outputs)."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{kind} {name!r}: groups must be an int >= 1; got {groups!r}")
+    if features % groups:
+        raise ValueError(f"{kind} {name!r}: groups={groups} must divide features={features} "
+                         f"(each group makes features // groups of the output channels)")
+    return groups
+
+
+def _window(kind: str, x: Any, w: Any, opts: dict) -> _geometry.Window:
+    """The window of the convolution whose dW pairs patches with an output: the layer's own,
+    or for a transposed one the convolution it transposes."""
+    n, _, transposed = CONV_OPS[kind]
+    o = opts
+    if transposed:
+        return _geometry.conv_transpose(kind, x, w, o["stride"], o["padding"],
+                                        o["output_padding"], o["dilation"], o["groups"],
+                                        spatial=n).conv.win
+    return _geometry.conv(kind, x, w, o["stride"], o["padding"], o["dilation"], o["groups"],
+                          spatial=n).win
+
+
+def _conv_norms(kind: str, ks: tuple[int, ...], use_bias: bool, opts: dict, backward_: Any,
+                g: Any, params: dict, x: Any, residual: Any, method: str) -> tuple:
+    """`Layer.norms` of a convolution layer: (dx, sq (N,), regrad), `method` "ghost" (the ghost
+    sum over position pairs), "instantiate" (example i's grads by the layer's rule on example i
+    alone, under vmap, kept for the regrad) or "auto" (`ghost.choose`)."""
+    transposed, groups = CONV_OPS[kind][2], opts["groups"]
+    # the convolution whose dW pairs src's patches with out: x and g, or for a transposed one
+    # the patches of g (its output, that convolution's input) with x
+    src, out = (g, x) if transposed else (x, g)
+    if method == "auto":
+        method = ghost.choose(int(np.prod(out.shape[1:-1])),
+                              src.shape[-1] // groups * int(np.prod(ks)),
+                              out.shape[-1] // groups, groups)
+    dx = backward_(g, params, x, residual)[0]
+    if method == "instantiate":
+        per = jax.vmap(lambda gi, xi: backward_(gi[None], params, xi[None], residual)[1])(g, x)
+        sq = sum(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1) for v in jax.tree.leaves(per))
+        return dx, sq, lambda wts: jax.tree.map(lambda v: jnp.tensordot(wts, v, 1), per)
+    sq = ghost.conv_ghost(src, out, _window(kind, x, params["w"], opts), groups)
+    return (dx, sq + ghost.bias(g) if use_bias else sq,
+            reweighted(backward_, g, params, x, residual))
 
 
 def Conv2D(features: int, kernel: int | tuple[int, int] = 3, *,

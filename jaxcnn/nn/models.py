@@ -236,6 +236,9 @@ def unet(num_classes: int = 2, input_shape: tuple[int, int, int] = (32, 32, 1), 
     Returns:
       The Network "unet"; layers enc1, skip1 (the rest of the U inside), dec1, logits.
     """
+    if (not isinstance(input_shape, tuple | list) or len(input_shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in input_shape)):
+        raise TypeError(f"unet: input_shape must be (H, W, C), three ints; got {input_shape!r}")
     h, w = input_shape[:2]
     if h % 4 or w % 4:
         raise ValueError(f"unet: input_shape {tuple(input_shape)} needs H and W divisible by 4 "

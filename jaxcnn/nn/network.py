@@ -64,7 +64,7 @@ class Network:
         if len(set(names)) != len(names):
             raise ValueError(f"{name}: layer names must be unique; got {names}")
         self.name, self.layers, self.head = name, tuple(layers), head
-        self.input_shape = tuple(input_shape)
+        self.input_shape = _geometry.example_shape(name, input_shape)
         # shapes (and every layer's options, checked) without computing anything; the params'
         # and state's shapes do not depend on the dtype, so this one abstract init is what
         # `check_params` and `check_state` compare against on every call

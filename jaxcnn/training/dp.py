@@ -223,7 +223,8 @@ def make_dp_train_step(model: Network, optimizer: optax.GradientTransformation, 
 
 def epoch_samples(x: Any, y: Any, batch_size: int, steps_per_epoch: int, epoch: int, *,
                   seed: int, multiple: int = 1) -> Iterator[tuple[Any, Any, np.ndarray]]:
-    """The run loop's DP batches for one epoch: (x[idx], y[idx], mask) for steps
+    """The run loop's DP batches for one epoch: (x[idx] (S, ...), y[idx] (S, ...), mask (S,)),
+    S the padded size, for steps
     epoch * steps_per_epoch .. (epoch + 1) * steps_per_epoch - 1 of `poisson_batches` with the
     sample rate q = batch_size / len(x)."""
     q = batch_size / len(x)
