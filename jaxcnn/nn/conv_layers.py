@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxcnn import _geometry, backward, forward
 from jaxcnn._geometry import Padding
-from jaxcnn.forward.conv import check_impl
+from jaxcnn.forward.conv import check_impl, per_example_rule
 from jaxcnn.nn import ghost
 from jaxcnn.nn.layer import HE_NORMAL, Initializer, Layer, _features, _out_shape, reweighted
 
@@ -52,8 +52,9 @@ def _conv_layer(kind: str, features: int, kernel: Any, use_bias: bool, w_init: I
     def apply(params, state, x, *, train=False, key=None, axis_name=None):
         return fwd(x, params["w"], params.get("b"), **conv_opts), state, None
 
-    def backward_(dy, params, x, residual):
-        dx, dw, db = getattr(backward, op)(dy, x, params["w"], **conv_opts)
+    def backward_(dy, params, x, residual, impl=impl):
+        o = conv_opts if transposed else dict(conv_opts, impl=impl)
+        dx, dw, db = getattr(backward, op)(dy, x, params["w"], **o)
         return dx, ({"w": dw, "b": db} if use_bias else {"w": dw})
 
     def norms(g, params, x, residual, method):
@@ -106,7 +107,12 @@ def _conv_norms(kind: str, ks: tuple[int, ...], use_bias: bool, opts: dict, back
                               out.shape[-1] // groups, groups)
     dx = backward_(g, params, x, residual)[0]
     if method == "instantiate":
-        per = jax.vmap(lambda gi, xi: backward_(gi[None], params, xi[None], residual)[1])(g, x)
+        # impl "auto" under the per-example rule: each example's dw as products, batched
+        # matrix products under vmap (XLA:CPU runs the grouped convolution vmap makes of
+        # XLA's form slowly; jaxcnn.fast.auto.prefer_gemm)
+        with per_example_rule():
+            per = jax.vmap(lambda gi, xi: backward_(gi[None], params, xi[None], residual,
+                                                    impl="auto")[1])(g, x)
         sq = sum(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1) for v in jax.tree.leaves(per))
         return dx, sq, lambda wts: jax.tree.map(lambda v: jnp.tensordot(wts, v, 1), per)
     sq = ghost.conv_ghost(src, out, _window(kind, x, params["w"], opts), groups)

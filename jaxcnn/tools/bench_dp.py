@@ -12,7 +12,8 @@ round, then their median and spread):
     batch_grad    one manual batch gradient
 
 and XLA's temporary memory of each compiled program. Every step uses the same optimizer (SGD)
-and float32; the DP sample is a full batch (mask all ones), so the programs do equal work.
+and float32, every program the project's compiler options (`steps.jit_with_options`); the DP
+sample is a full batch (mask all ones), so the programs do equal work.
 """
 
 from __future__ import annotations
@@ -79,12 +80,10 @@ def programs(model: Network, batch: int) -> tuple[dict[str, Callable], dict[str,
     dp_args = (params, state, opt_state, (x, y, mask), key)
     jitted = {"step": (steps.make_train_step(model, opt, donate=False), step_args),
               "vmap_clip": (vmap_clip_step(model, opt, CLIP, SIGMA, batch), dp_args),
-              "norms": (jax.jit(lambda p, x, y: per_example_grad_norms(model, p, x, y,
-                                                                       train=True)),
-                        (params, x, y)),
-              "batch_grad": (jax.jit(lambda p, x, y: grads.manual_grad(model, p, x, y,
-                                                                       train=True)[1]),
-                             (params, x, y))}
+              "norms": (steps.jit_with_options(lambda p, x, y: per_example_grad_norms(
+                  model, p, x, y, train=True)), (params, x, y)),
+              "batch_grad": (steps.jit_with_options(lambda p, x, y: grads.manual_grad(
+                  model, p, x, y, train=True)[1]), (params, x, y))}
     for method in ("auto", "ghost", "instantiate"):
         label = "dp" if method == "auto" else f"dp[{method}]"
         jitted[label] = (dp.make_dp_train_step(model, opt, clip_norm=CLIP, noise_multiplier=SIGMA,
