@@ -71,8 +71,10 @@ def prefer_gemm(g: Conv, which: str, per_example: bool = False) -> bool:
         depthwise layers), and dx and dw of depthwise layers: XLA:CPU runs those convolutions
         at a few GFLOP/s, the broadcast form fuses into one loop;
       * dx for strides > 1 (the convolution form needs an lhs dilation) and, without groups,
-        for x of at most 16 channels (XLA's convolution runs at ~20 GFLOP/s there; the products
-        are one GEMM, see `products.dx`).
+        for x of at most 16 channels and fewer input than output channels (XLA's convolution
+        runs at ~20 GFLOP/s there; the products are one GEMM, see `products.dx`; with as many
+        or more input channels, resnet20's 16 -> 16 and the U-Net's 8 -> 8 and 16 -> 8, the
+        convolution won: 1.0-10.7x, jaxlib 0.10.2, docs/benchmarks.md).
     Elsewhere XLA's convolutions win: inside a whole step the products' elementwise tails fuse
     with their neighbours and are recomputed, or the GEMMs are no faster (dw above all).
     On GPUs (and TPUs, by the same rule, unmeasured) every op of a one-channel-per-group
@@ -96,4 +98,4 @@ def prefer_gemm(g: Conv, which: str, per_example: bool = False) -> bool:
     if which == "dw":
         return one_channel and g.c_in > 1
     return ((one_channel and g.c_in > 1) or max(g.win.stride) > 1
-            or (g.groups == 1 and g.c_in <= 16))
+            or (g.groups == 1 and g.c_in <= 16 and g.c_in < g.c_out))
