@@ -359,7 +359,7 @@ def _pairs(networks: tuple[tuple[str, int], ...]) -> str:
 def _bench(args: argparse.Namespace) -> int:
     networks = []
     default = bench_dp.NETWORKS if args.dp else bench.NETWORKS
-    for item in (args.networks or _pairs(default)).split(","):
+    for item in (_pairs(default) if args.networks is None else args.networks).split(","):
         name, _, batch = item.partition(":")
         if name not in models.MODELS or not batch.isdigit() or int(batch) < 1:
             raise ValueError(f"--networks: {item!r} must be NAME:BATCH with NAME one of "
