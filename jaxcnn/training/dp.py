@@ -39,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn.nn.network import Network
 from jaxcnn.training.per_example import check_clip_norm, clipped_sum, refuse_batchnorm
-from jaxcnn.training.steps import jit_with_options, layer_norms
+from jaxcnn.training.steps import guarded_update, jit_with_options, layer_norms
 
 Array = jax.Array
 ACCOUNTANTS = ("rdp", "pld")
@@ -175,14 +175,10 @@ def dp_step_fn(model: Network, optimizer: optax.GradientTransformation, *, clip_
                           method=method)
         g = _noisy_mean(total(out["grads"]), noise_key, clip_norm, noise_multiplier,
                         expected_batch_size)  # the same key on every device: one noise draw
-        updates, new_opt = optimizer.update(g, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        grad_norm = optax.tree_utils.tree_norm(g)
         count = total(jnp.sum(mask))
         loss = total(out["loss_sum"]) / jnp.maximum(count, 1)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        params, opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
-                                         (new_params, new_opt), (params, opt_state))
+        (params, state, opt_state), grad_norm, finite = guarded_update(
+            optimizer, (params, state, opt_state), state, loss, g)
         metrics = {"loss": loss, "accuracy": total(out["correct"]) / jnp.maximum(count, 1),
                    "grad_norm": grad_norm, "layer_grad_norms": layer_norms(g),
                    "examples": count, "finite": finite,

@@ -29,10 +29,8 @@ def _check(fn: str, model: Network, x: Array, y: Array, train: bool) -> None:
     """x and y for the model; BatchNorm refused in training mode (it mixes the examples)."""
     model.check_input(x)
     model.check_labels(x, y)
-    if train and any("BatchNorm" in kinds(layer) for layer in model.layers):
-        raise ValueError(f"{fn}: {model.name} has BatchNorm, which mixes the examples of a "
-                         f"batch in training mode; use GroupNorm or LayerNorm (e.g. "
-                         f"resnet20(norm=\"group\")), or train=False")
+    if train:
+        refuse_batchnorm(fn, model, ", or train=False")
 
 
 def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
@@ -84,7 +82,7 @@ def per_example_grad_norms(model: Network, params: Params, x: Array, y: Array, *
     """
     _check("per_example_grad_norms", model, x, y, train)
     ghost.check_method("per_example_grad_norms", method)
-    _, trace = model.loss_and_trace(params, x, y, state=state, train=train, key=key)
+    trace = model.forward(params, x, state=state, train=train, key=key)  # no batch loss needed
     return jnp.sqrt(model.per_example_pass(params, trace, y, method)[0])
 
 
@@ -115,8 +113,7 @@ def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_nor
         examples: use GroupNorm or LayerNorm).
     """
     check_clip_norm("clipped_grad", clip_norm)
-    _check("clipped_grad", model, x, y, train=True)
-    refuse_batchnorm("clipped_grad", model)
+    _check("clipped_grad", model, x, y, train=True)  # BatchNorm refused: it is training mode
     ghost.check_method("clipped_grad", method)
     out = clipped_sum(model, params, x, y, clip_norm=clip_norm, state=state, key=key,
                       method=method)
@@ -124,12 +121,14 @@ def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_nor
     return out["loss_sum"] / n, jax.tree.map(lambda g: g / n, out["grads"])
 
 
-def refuse_batchnorm(fn: str, model: Network) -> None:
-    """A ValueError pointing to GroupNorm / LayerNorm for a model with BatchNorm."""
+def refuse_batchnorm(fn: str, model: Network, alternative: str = "") -> None:
+    """A ValueError pointing to GroupNorm / LayerNorm (and `alternative`) for a model with
+    BatchNorm, whose batch statistics mix the examples in training mode."""
     if any("BatchNorm" in kinds(layer) for layer in model.layers):
         raise ValueError(f"{fn}: {model.name} has BatchNorm, whose batch statistics mix the "
-                         f"examples, so no example has a gradient of its own to clip; use "
-                         f"GroupNorm or LayerNorm (e.g. resnet20(norm=\"group\"))")
+                         f"examples in training mode, so no example has a gradient of its own; "
+                         f"use GroupNorm or LayerNorm (e.g. resnet20(norm=\"group\"))"
+                         f"{alternative}")
 
 
 def clipped_sum(model: Network, params: Params, x: Array, y: Array, *, clip_norm: float,
@@ -149,7 +148,8 @@ def clipped_sum(model: Network, params: Params, x: Array, y: Array, *, clip_norm
     per-example gradient stored for a layer whose ghost norm was chosen). mask None: every row
     counts.
     """
-    _, trace = model.loss_and_trace(params, x, y, state=state, train=True, key=key)
+    model.check_labels(x, y)
+    trace = model.forward(params, x, state=state, train=True, key=key)  # per-example losses below
     z = trace.activations[-1]
     n = z.shape[0]
     mask = jnp.ones((n,), z.dtype) if mask is None else mask.astype(z.dtype)

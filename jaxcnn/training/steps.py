@@ -122,16 +122,25 @@ def update_and_metrics(model: Network, optimizer: optax.GradientTransformation, 
 
     A non-finite loss or gradient keeps `old` (optax.apply_if_finite's rule, without its
     counter)."""
-    params, state, opt_state = old
-    updates, new_opt = optimizer.update(g, opt_state, params)
-    new = (optax.apply_updates(params, updates), new_state, new_opt)
-    grad_norm = optax.tree_utils.tree_norm(g)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    params, state, opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    (params, state, opt_state), grad_norm, finite = guarded_update(optimizer, old, new_state,
+                                                                   loss, g)
     acc = accuracy(model, logits, y)
     metrics = {"loss": loss, "accuracy": acc if axis_name is None else lax.pmean(acc, axis_name),
                "grad_norm": grad_norm, "layer_grad_norms": layer_norms(g), "finite": finite}
     return params, state, opt_state, metrics
+
+
+def guarded_update(optimizer: optax.GradientTransformation, old: tuple, new_state: State,
+                   loss: Array, g: Params) -> tuple[tuple, Array, Array]:
+    """((params, state, opt_state), ||g||, finite): the optimizer update of old = (params,
+    state, opt_state) by g, kept only where the loss and ||g|| are finite (else `old`:
+    optax.apply_if_finite's rule, without its counter)."""
+    params, _, opt_state = old
+    updates, new_opt = optimizer.update(g, opt_state, params)
+    new = (optax.apply_updates(params, updates), new_state, new_opt)
+    grad_norm = optax.tree_utils.tree_norm(g)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old), grad_norm, finite
 
 
 def train_step_fn(model: Network, optimizer: optax.GradientTransformation,
