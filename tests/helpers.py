@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 
@@ -66,3 +72,17 @@ def forward_rule_vjp(fwd, bwd, kw, with_vjp):
             out["vjp"] = jax.vjp(lambda x, w, b: fwd(x, w, b, **kw), x, w, b)[1](dy)
         return out
     return jax.jit(run)
+
+
+def run_forced_device_worker(script: str, devices: int = 8) -> dict:
+    """Run tests/<script> in a fresh process with `devices` forced CPU devices (this process's
+    XLA flags are fixed once jax is imported) and return the JSON object its last line prints."""
+    here = Path(__file__).parent
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}")
+    env["PYTHONPATH"] = os.pathsep.join([str(here.parent), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(here / script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -4,12 +4,6 @@ device against eight, the Poisson sampler, and the refusals."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +13,7 @@ import pytest
 from jaxcnn.nn import models
 from jaxcnn.training import dp, optim
 
-HERE = Path(__file__).parent
+from helpers import run_forced_device_worker
 
 
 @pytest.mark.parametrize("accountant,want", [("rdp", 2.597), ("pld", 2.382)])
@@ -117,13 +111,7 @@ def test_bad_dp_settings_are_refused_naming_them(call, words):
 
 @pytest.fixture(scope="module")
 def worker() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, str(HERE / "dp_worker.py")], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_forced_device_worker("dp_worker.py")
 
 
 def test_dp_on_eight_devices_equals_one(worker):

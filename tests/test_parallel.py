@@ -6,11 +6,9 @@ The multi-device checks run once, in a subprocess with eight forced CPU devices
 is imported. 20 Adam steps in float64, on 1, 2 and 8 devices, manual and autodiff gradients.
 """
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,19 +21,14 @@ from jaxcnn.nn import grads
 from jaxcnn.training import optim, parallel
 from jaxcnn.training import steps as train_steps
 
-HERE = Path(__file__).parent
+from helpers import run_forced_device_worker
+
 RTOL = 1e-12
 
 
 @pytest.fixture(scope="module")
 def worker() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, str(HERE / "parallel_worker.py")], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_forced_device_worker("parallel_worker.py")
 
 
 def test_worker_has_eight_devices(worker):

@@ -39,10 +39,10 @@ from jax import lax
 
 from jaxcnn import _geometry
 from jaxcnn._precision import precision_of
+from jaxcnn.forward.conv import channels_last
 
 Array = jax.Array
 METHODS = ("auto", "ghost", "instantiate")
-SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
 def check_method(fn: str, method: Any) -> str:
@@ -93,10 +93,9 @@ def _patches(src: Array, win: _geometry.Window, precision: Any) -> Array:
     """(N, T, C_src * K): the unfolded windows of src (N, *S, C_src) at every output position
     of `win`, features ordered (channel, kernel offset) as `lax.conv_general_dilated_patches`
     gives them."""
-    sp = SPATIAL[len(win.size)]
     p = lax.conv_general_dilated_patches(
         src, win.size, win.stride, win.pads, rhs_dilation=win.dilation,
-        dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"), precision=precision)
+        dimension_numbers=channels_last(len(win.size)), precision=precision)
     return p.reshape(p.shape[0], -1, p.shape[-1])
 
 
