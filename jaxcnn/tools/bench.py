@@ -145,6 +145,16 @@ def example_batch(model: Network, n: int) -> tuple[Any, Any]:
     return x, jnp.asarray(y)
 
 
+def compiled(fn: Callable, *args: Any) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """(a call of jitted `fn` on args, compiled ahead of time; {"compile_s": seconds to
+    compile, "temp_bytes": XLA's temporary memory of the program})."""
+    t0 = time.perf_counter()
+    program = fn.lower(*args).compile()
+    info = {"compile_s": time.perf_counter() - t0,
+            "temp_bytes": getattr(program.memory_analysis(), "temp_size_in_bytes", None)}
+    return (lambda: program(*args)), info
+
+
 def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
                   against_torch: bool = False, per_example: bool = True,
                   rounds: int = 7) -> dict[str, Any]:
@@ -161,14 +171,8 @@ def bench_network(name: str, batch: int, *, impls: tuple[str, ...] = ("conv",),
     fns = {}
     for label, (grad, impl) in variants.items():
         step = steps.make_train_step(model.with_impl(impl), opt, grad, donate=False)
-        args = (params, state, opt_state, (x, y), key)
-        t0 = time.perf_counter()
-        compiled = step.lower(*args).compile()
-        compile_s = time.perf_counter() - t0
-        mem = compiled.memory_analysis()
-        result["variants"][label] = {"compile_s": compile_s,
-                                     "temp_bytes": getattr(mem, "temp_size_in_bytes", None)}
-        fns[label] = lambda compiled=compiled, args=args: compiled(*args)
+        fns[label], result["variants"][label] = compiled(step, params, state, opt_state,
+                                                         (x, y), key)
     if against_torch:
         from jaxcnn.tools.bench_torch import make_torch_step
         fns["torch"] = make_torch_step(model, batch)

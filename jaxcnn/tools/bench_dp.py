@@ -18,7 +18,6 @@ sample is a full batch (mask all ones), so the programs do equal work.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ import optax
 
 from jaxcnn.nn import grads, models
 from jaxcnn.nn.network import Network
-from jaxcnn.tools.bench import example_batch, interleaved, machine, ratios, summarise
+from jaxcnn.tools.bench import compiled, example_batch, interleaved, machine, ratios, summarise
 from jaxcnn.training import dp, optim, steps
 from jaxcnn.training.per_example import clip_weights, per_example_grad_norms
 
@@ -60,14 +59,6 @@ def vmap_clip_step(model: Network, optimizer: optax.GradientTransformation, clip
     return steps.jit_with_options(step)
 
 
-def _compiled(fn: Callable, *args: Any) -> tuple[Callable, dict[str, Any]]:
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    info = {"compile_s": time.perf_counter() - t0,
-            "temp_bytes": getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)}
-    return (lambda: compiled(*args)), info
-
-
 def programs(model: Network, batch: int) -> tuple[dict[str, Callable], dict[str, Any]]:
     """The compiled programs of the module docstring and their compile time and memory."""
     opt = optim.make_optimizer("sgd", 1e-3)
@@ -91,7 +82,7 @@ def programs(model: Network, batch: int) -> tuple[dict[str, Callable], dict[str,
                          dp_args)
     fns, info = {}, {}
     for label, (fn, args) in jitted.items():
-        fns[label], info[label] = _compiled(fn, *args)
+        fns[label], info[label] = compiled(fn, *args)
     return fns, info
 
 
