@@ -133,8 +133,8 @@ def update_and_metrics(model: Network, optimizer: optax.GradientTransformation, 
 def guarded_update(optimizer: optax.GradientTransformation, old: tuple, new_state: State,
                    loss: Array, g: Params) -> tuple[tuple, Array, Array]:
     """((params, state, opt_state), ||g||, finite): the optimizer update of old = (params,
-    state, opt_state) by g, kept only where the loss and ||g|| are finite (else `old`:
-    optax.apply_if_finite's rule, without its counter)."""
+    state, opt_state) by g (params' structure and shapes), kept only where the loss (shape ())
+    and ||g|| are finite (else `old`: optax.apply_if_finite's rule, without its counter)."""
     params, _, opt_state = old
     updates, new_opt = optimizer.update(g, opt_state, params)
     new = (optax.apply_updates(params, updates), new_state, new_opt)
