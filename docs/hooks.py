@@ -12,13 +12,22 @@
   are added at the same paths inside the site, so a page links to them as
   `experiments/PERFORMANCE.md` and `experiments/figures/NAME.png`.
 
+* Text between `<!-- KEY -->` and `<!-- /KEY -->` in a page is generated (`fill_generated`), so
+  a list written in several places has one source: `jaxcnn.__all__` (the names the package root
+  re-exports, read from jaxcnn/__init__.py) and `modules:api/PAGE.md` (the modules an API page
+  renders, from its `::: module` lines, in order). The pages hold the generated text too, so
+  they read right on GitHub; `python docs/hooks.py` rewrites them after a change, and
+  tests/test_docs_consistency.py fails while one is out of date.
+
 Nothing here fetches anything: the build is offline.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -185,7 +194,69 @@ def on_files(files, config, **kwargs):
 
 
 def on_page_markdown(markdown, page, config, files, **kwargs):
-    """In the tutorials' own pages, links to a tutorial's `.py` go to its rendered page."""
+    """Generated lists filled in (`fill_generated`); in the tutorials' own pages, links to a
+    tutorial's `.py` go to its rendered page."""
+    markdown = fill_generated(markdown)
     if page.file.src_uri.startswith("tutorials/"):
         return link_rendered(markdown)
     return markdown
+
+
+# ----------------------------------------------------------------------------- generated lists
+GENERATED = re.compile(r"<!-- (?P<key>[\w.:/-]+) -->(?P<body>.*?)<!-- /(?P=key) -->", re.S)
+DIRECTIVE = re.compile(r"^::: ([\w.]+)\s*$", re.M)
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def package_exports() -> tuple[list[str], list[str]]:
+    """(modules, other names) of `jaxcnn.__all__`, read from jaxcnn/__init__.py without
+    importing it: a name is a module where the file or package it is imported from exists."""
+    tree = ast.parse((ROOT / "jaxcnn" / "__init__.py").read_text())
+    names = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "__all__" for t in node.targets))
+    origin = {alias.asname or alias.name: f"{node.module}.{alias.name}" for node in tree.body
+              if isinstance(node, ast.ImportFrom) for alias in node.names}
+    modules = []
+    for name in names:
+        path = ROOT.joinpath(*origin.get(name, "").split("."))
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            modules.append(name)
+    return modules, [n for n in names if n not in modules]
+
+
+def generated_text(key: str) -> str:
+    """The text a `<!-- KEY -->` span holds: "jaxcnn.__all__" or "modules:api/PAGE.md"."""
+    if key == "jaxcnn.__all__":
+        modules, names = package_exports()
+        return (f"the modules {_and([f'`{m}`' for m in modules])} and the functions "
+                f"{_and([f'`{n}`' for n in names])}")
+    if key.startswith("modules:"):
+        page = (ROOT / "docs" / key.removeprefix("modules:")).read_text()
+        return ", ".join(f"`{m.rsplit('.', 1)[1]}`" for m in DIRECTIVE.findall(page))
+    raise ValueError(f"docs/hooks.py: no generated text for <!-- {key} -->")
+
+
+def fill_generated(markdown: str) -> str:
+    """`markdown` with every `<!-- KEY -->...<!-- /KEY -->` span holding `generated_text(KEY)`."""
+    return GENERATED.sub(lambda m: f"<!-- {m['key']} -->{generated_text(m['key'])}"
+                                   f"<!-- /{m['key']} -->", markdown)
+
+
+def write_generated(paths: list[Path]) -> list[Path]:
+    """Rewrite the generated spans of the given pages in place; returns the pages changed."""
+    changed = []
+    for path in paths:
+        text = path.read_text()
+        if fill_generated(text) != text:
+            path.write_text(fill_generated(text))
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":  # python docs/hooks.py: bring the generated lists up to date
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for changed in write_generated([Path(a) for a in sys.argv[1:]] or pages):
+        print(f"updated {changed.relative_to(ROOT)}")

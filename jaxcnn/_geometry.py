@@ -9,6 +9,8 @@ Geometry, per spatial axis (docs/design.md, "The rules"): input size `H`, window
 `s`, dilation `d`, pads `(lo, hi)`; `k_eff = (k - 1) * d + 1`; output
 `O = (H + lo + hi - k_eff) // s + 1`.
 
+Every shape derived here (padded input, output) is bounded by `jaxcnn._bounds` (int32 sizes).
+
 The module is over 400 lines because it holds the checks of every op in one place (convolutions,
 transposed convolutions and pools on 1, 2 or 3 spatial axes, dense layers, norms, joins,
 losses), so that their messages keep one form; each block below is short and stands alone.
@@ -23,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxcnn import _bounds
 
 Pair = tuple[int, int]
 Pads = tuple[Pair, Pair]
@@ -46,6 +50,7 @@ def pair(fn: str, name: str, value: Any, *, minimum: int = 1) -> Pair:
         raise TypeError(f"{fn}: {name} must be an int or a pair of ints (h, w); got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{fn}: {name} must be >= {minimum} on both axes; got {tuple(value)}")
+    _bounds.option(fn, name, value)
     return int(value[0]), int(value[1])
 
 
@@ -133,8 +138,10 @@ def window(fn: str, in_hw: Pair, size: Pair, stride: Pair, dilation: Pair,
     conv2d and the pools; `padding_n` resolves the padding forms of 1 and 3 axes).
     """
     eff = tuple((k - 1) * d + 1 for k, d in zip(size, dilation))
+    _bounds.extents(fn, f"dilation {dilation}", eff, f"the dilated {what}'s span")
     pads = padding_n(fn, pad_value, in_hw, eff, stride)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+    _bounds.extents(fn, f"padding {pad_value!r}", padded, "the padded input's size")
     if any(e > p for e, p in zip(eff, padded)):
         dil = f" (dilated by {dilation})" if any(d != 1 for d in dilation) else ""
         raise ValueError(
@@ -166,6 +173,9 @@ def conv(fn: str, x: Any, w: Any, stride: Any, padding_: Padding, dilation: Any,
     _bias(fn, x, b, c_out)
     win = window(fn, tuple(in_sp), tuple(k), tuple_n(fn, "stride", stride, spatial),
                  tuple_n(fn, "dilation", dilation, spatial), padding_)
+    _bounds.padded(fn, padding_, (n, *in_sp, c_in), win.pads)
+    _bounds.elements(fn, f"w's {c_out} output channels", (n, *win.out_hw, c_out),
+                     "the output (N, *O, C_out)")
     return Conv(win, int(groups), c_in, c_out, (n, *win.out_hw, c_out))
 
 
@@ -197,6 +207,7 @@ def tuple_n(fn: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tupl
                         f"per spatial axis; got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{fn}: {name} must be >= {minimum} on every axis; got {tuple(value)}")
+    _bounds.option(fn, name, value)
     return tuple(int(v) for v in value)
 
 
@@ -305,6 +316,10 @@ def conv_transpose(fn: str, x: Any, w: Any, stride: Any, padding_: Any, output_p
     if min(out) < 1:
         raise ValueError(f"{fn}: the output would have spatial size {out} (input {tuple(in_sp)}, "
                          f"padding {p}): every size must be >= 1; use less padding")
+    why = f"stride {s}, dilation {d} and w's kernel {tuple(k)}"
+    _bounds.elements(fn, why, (n, *out, c_out), "the output (N, *O, C_out)")
+    _bounds.elements(fn, why, (n, *(o + di * (ki - 1) for o, di, ki in zip(out, d, k)), c_in),
+                     "the spread, padded x that is convolved (N, *(O + k_eff - 1), C_in)")
     win = Window(tuple(k), s, d, tuple((pi, pi - oi) for pi, oi in zip(p, op)),  # type: ignore
                  out, tuple(in_sp))
     fwd = Conv(win, int(groups), c_out, c_in, tuple(x.shape))  # type: ignore[arg-type]
@@ -322,6 +337,7 @@ def pool(fn: str, x: Any, size: Any, stride: Any, padding_: Padding) -> Window:
         if lo >= k or hi >= k:
             raise ValueError(f"{fn}: padding {win.pads} must be smaller than the window {size} "
                              f"on each side, so that no window is all padding")
+    _bounds.padded(fn, padding_, x.shape, win.pads)
     return win
 
 
@@ -352,6 +368,7 @@ def dense(fn: str, x: Any, w: Any, b: Any) -> None:
     if w_in != d_in:
         raise ValueError(f"{fn}: x has {d_in} features but w expects {w_in} (w.shape[0]); "
                          f"flatten the input or resize w")
+    _bounds.elements(fn, f"w's {d_out} outputs", (x.shape[0], d_out), "the output (N, D_out)")
     if b is not None:
         array(fn, "b", b, 1, "(D_out,)")
         shape_is(fn, "b", b, (d_out,), "one bias per output of w")
@@ -482,6 +499,7 @@ def scale(fn: str, value: Any, n_spatial: int) -> tuple[int, ...]:
                         f"spatial axis of x; got {value!r}")
     if min(value) < 1:
         raise ValueError(f"{fn}: scale must be >= 1 on every axis; got {tuple(value)}")
+    _bounds.option(fn, "scale", value)
     return tuple(int(v) for v in value)
 
 
@@ -532,6 +550,7 @@ def join(fn: str, a: Any, b: Any, *, along_channels: bool) -> None:
     if len(sb) != len(sa) or sb[:-1] != sa[:-1]:
         raise ValueError(f"{fn}: b has shape {sb} but a has shape {sa}; they must agree on "
                          f"every axis but the last (channels): N and the spatial sizes")
+    _bounds.elements(fn, "a and b", (*sa[:-1], sa[-1] + sb[-1]), "the output (N, ..., C_a + C_b)")
 
 
 def upsample(fn: str, x: Any, scale_: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -540,6 +559,7 @@ def upsample(fn: str, x: Any, scale_: Any) -> tuple[tuple[int, ...], tuple[int, 
     shape = spatial(fn, "x", x)
     factors = scale(fn, scale_, len(shape) - 2)
     out = (shape[0], *(n * s for n, s in zip(shape[1:-1], factors)), shape[-1])
+    _bounds.elements(fn, f"scale {factors}", out, "the output (N, *(size * scale), C)")
     return factors, out
 
 
@@ -559,6 +579,7 @@ def pool_nd(fn: str, x: Any, size: Any, stride: Any, padding_: Padding) -> Windo
     if any(lo >= k or hi >= k for (lo, hi), k in zip(win.pads, size)):
         raise ValueError(f"{fn}: padding {win.pads} must be smaller than the window {size} on "
                          f"each side, so that no window is all padding")
+    _bounds.padded(fn, padding_, x.shape, win.pads)
     return win
 
 

@@ -1,9 +1,11 @@
-"""Shared test helpers: error measures, random arrays, central differences."""
+"""Shared test helpers: error measures, random arrays, central differences, child processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +76,51 @@ def forward_rule_vjp(fwd, bwd, kw, with_vjp):
     return jax.jit(run)
 
 
+# ----------------------------------------------------------------------------- child processes
+# Every process a test starts goes through `run_child` below or the `children` fixture of
+# conftest.py: in its own session (so its own process group), and on every path, failure and
+# timeout included, SIGKILL to that whole group and a wait, so that neither the child nor anything
+# it started outlives the test. tests/conftest.py fails the session if a process is left anyway.
+
+# A hang guard, not a timing: it only turns a hung child into a failed test instead of a stalled
+# run, and must hold on a machine 10x slower than an idle 2-core one. Most children take 3-25 s
+# there; the heaviest, tests/parallel_worker.py (eight forced devices, many compiles), 53 s (89
+# CPU-seconds), and 4 minutes at load 10-14 on the same 2 cores.
+CHILD_TIMEOUT = 1200
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of `proc` (started with start_new_session=True), then reap
+    `proc` and close its pipes. Harmless on a child that has already exited and been waited on."""
+    # (the group outlives its leader while members remain; ProcessLookupError: none do)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def run_child(args, *, timeout: float = CHILD_TIMEOUT, check: bool = False, input=None,
+              capture_output: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run` for the tests: the child runs in its own session, and whatever happens
+    (it ends, it times out, the test is interrupted) its whole process group is killed and it
+    is reaped before this returns or raises. (subprocess.run kills only the child itself.)"""
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    finally:
+        kill_group(proc)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check:
+        done.check_returncode()
+    return done
+
+
 def run_forced_device_worker(script: str, devices: int = 8) -> dict:
     """Run tests/<script> in a fresh process with `devices` forced CPU devices (this process's
     XLA flags are fixed once jax is imported) and return the JSON object its last line prints."""
@@ -82,7 +129,7 @@ def run_forced_device_worker(script: str, devices: int = 8) -> dict:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
                         + f" --xla_force_host_platform_device_count={devices}")
     env["PYTHONPATH"] = os.pathsep.join([str(here.parent), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, str(here / script)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = run_child([sys.executable, str(here / script)], env=env, capture_output=True,
+                     text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -5,7 +5,6 @@ Most cases call `cli.main` in-process; one runs the installed console script in 
 
 import json
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -16,6 +15,8 @@ import pytest
 import jaxcnn.backward
 from jaxcnn import models
 from jaxcnn.tools import cli, walkthrough
+
+from helpers import run_child
 
 
 def run_cli(capsys, *argv):
@@ -114,7 +115,7 @@ def test_bad_walkthrough_input_exits_2(capsys, tmp_path, argv, words):
 def test_console_script_in_a_subprocess(tmp_path):
     exe = shutil.which("jaxcnn")
     cmd = [exe, "walkthrough"] if exe else [sys.executable, "-m", "jaxcnn.tools.cli", "walkthrough"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = run_child(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().splitlines()[-1].startswith("PASS")
 

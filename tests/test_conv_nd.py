@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from hypothesis import strategies as st
 
 from jaxcnn import _geometry, backward, fast, forward
 
-from helpers import assert_close, assert_directional_differences, forward_rule_vjp
+from helpers import assert_close, assert_directional_differences, forward_rule_vjp, run_child
 
 RTOL = 1e-9
 HERE = Path(__file__).parent
@@ -334,8 +333,8 @@ else:
 
 def _child(mode):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
-    return subprocess.run([sys.executable, "-c", _CHILD, mode, json.dumps(TRAP_3D)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_child([sys.executable, "-c", _CHILD, mode, json.dumps(TRAP_3D)], env=env,
+                     capture_output=True, text=True)
 
 
 def test_3d_trap_in_a_subprocess():

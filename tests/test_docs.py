@@ -1,7 +1,8 @@
 """The documentation site builds offline with `mkdocs build --strict`, without a warning; its API
-reference shows every public function of the library; their docstrings state shapes; the
-python blocks of the site's own pages run; the tutorials hook renders notebooks (and copes with
-none).
+reference shows every public function of the library and no module-level alias; their
+docstrings state shapes; the python blocks of the site's own pages run (each on its own, or in
+order in one namespace where the page says so: docs/build_your_own.md, whose files and
+`jaxcnn gradcheck` commands run too); the tutorials hook renders notebooks (and copes with none).
 
 The site is built once per test run, in a temporary folder (`mkdocs build`, mkdocstrings reading
 the sources with griffe: a few seconds).
@@ -24,6 +25,8 @@ import pytest
 from test_readme import mentioned_paths, python_blocks
 
 import jaxcnn
+
+from helpers import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -82,9 +85,8 @@ FUNCTIONS = {k: f for m in CHECKED_MODULES for k, f in public_functions(m).items
 def build(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     site = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # mkdocs-material's banner, not ours
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
-                           str(site)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_child([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                      str(site)], cwd=ROOT, env=env, capture_output=True, text=True)
     return proc, site
 
 
@@ -172,7 +174,62 @@ def test_every_file_the_pages_name_exists():
     assert not missing, f"(page, the file it names that does not exist): {missing}"
 
 
-BLOCKS = [(p, line, src) for p in PAGES for line, src in python_blocks(p.read_text())]
+# A page whose python blocks build on each other says so (an HTML comment, not shown): they run
+# in order in one namespace, in a folder holding the files its `title="NAME.py"` blocks define.
+SEQUENTIAL_MARK = "runs this page's python blocks in order, in one namespace"
+FENCE = re.compile(r"^```python(?:[ \t]+title=\"([\w.]+)\")?[ \t]*\n(.*?)^```", re.S | re.M)
+SEQUENTIAL = [p for p in PAGES if SEQUENTIAL_MARK in p.read_text()]
+BLOCKS = [(p, line, src) for p in PAGES if p not in SEQUENTIAL
+          for line, src in python_blocks(p.read_text())]
+
+
+def page_blocks(text: str) -> list[tuple[str | None, str]]:
+    """(file name or None, source) of every python block of a page, titled ones included."""
+    return [(m.group(1), m.group(2)) for m in FENCE.finditer(text)]
+
+
+def bash_lines(text: str, command: str) -> list[list[str]]:
+    """The argument lists of the lines of a page's bash blocks that start with `command`."""
+    bodies = re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
+    return [line.split()[1:] for body in bodies for line in body.splitlines()
+            if line.startswith(command + " ")]
+
+
+def test_page_block_parsers():
+    text = ('```python title="m.py"\ndef f():\n    pass\n```\n\n```python\nx = 1\n```\n'
+            '```bash\njaxcnn gradcheck --model m:f\njaxcnn train\n```\n')
+    assert page_blocks(text) == [("m.py", "def f():\n    pass\n"), (None, "x = 1\n")]
+    assert bash_lines(text, "jaxcnn gradcheck") == [["gradcheck", "--model", "m:f"]]
+    assert [p.name for p in SEQUENTIAL] == ["build_your_own.md"]
+
+
+@pytest.mark.parametrize("page", SEQUENTIAL, ids=lambda p: p.name)
+def test_sequential_page_runs_and_its_models_pass_gradcheck(page, tmp_path, monkeypatch):
+    """The blocks in order in one namespace (a reader's session), with the files the page
+    defines saved in the working directory; then the page's `jaxcnn gradcheck` lines there."""
+    blocks = page_blocks(page.read_text())
+    files = {name: src for name, src in blocks if name}
+    assert files and len(blocks) > len(files), "a file to save and code that uses it"
+    for name, src in files.items():
+        (tmp_path / name).write_text(src)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    namespace = {"__name__": "__docs__"}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            for name, src in blocks:
+                if name is None:
+                    exec(compile(src, str(page), "exec"), namespace)
+    finally:
+        for name in files:
+            sys.modules.pop(Path(name).stem, None)
+    commands = bash_lines(page.read_text(), "jaxcnn gradcheck")
+    assert commands, f"{page.name}: no `jaxcnn gradcheck` line"
+    for argv in commands:
+        proc = run_child([sys.executable, "-m", "jaxcnn.tools.cli", *argv], cwd=tmp_path,
+                         capture_output=True, text=True)
+        assert proc.returncode == 0 and "PASS" in proc.stdout, (argv, proc.stdout[-2000:],
+                                                                proc.stderr[-2000:])
 
 
 @pytest.mark.parametrize("page, line, source", BLOCKS,
@@ -264,6 +321,20 @@ def test_hook_renders_a_notebook_with_its_outputs(hooks, tmp_path):
 
 def test_package_root_reexports_what_the_api_index_says():
     index = (DOCS / "api" / "index.md").read_text()
-    assert all(hasattr(jaxcnn, name) and f"`{name}`" in index
-               for name in ("forward", "backward", "models", "manual_grad", "autodiff_grad",
-                            "per_example_grads"))
+    said = index.split("re-exports", 1)[1].split("<!-- /jaxcnn.__all__ -->", 1)[0]
+    assert set(re.findall(r"`(\w+)`", said)) == set(jaxcnn.__all__)
+
+
+# names of the API pages that are module-level aliases or private helpers, not the API
+HIDDEN_ALIASES = ("jaxcnn.nn.layer.Array", "jaxcnn.nn.layer.Shape", "jaxcnn.nn.layer.Initializer",
+                  "jaxcnn.nn.layer.HE_NORMAL", "jaxcnn.nn.network.Params",
+                  "jaxcnn.training.steps.Array")
+
+
+def test_the_api_pages_do_not_list_module_aliases(api_html):
+    """docs/griffe_public.py leaves out undocumented module-level names that `__all__` does not
+    export (Array, Shape, Initializer, HE_NORMAL, ...); classes' members stay."""
+    shown = [name for name in HIDDEN_ALIASES if f'id="{name}"' in api_html]
+    assert not shown, f"module-level aliases listed in the API pages: {shown}"
+    assert 'id="jaxcnn.training.data.Dataset.x_train"' in api_html  # a class member, kept
+    assert 'id="jaxcnn.nn.models.MODELS"' in api_html  # exported in __all__, kept

@@ -39,7 +39,7 @@ def test_dp_run_reports_epsilon_and_resumes_to_the_same_parameters(tmp_path):
 @pytest.mark.parametrize("change,message", [
     (dict(dp_noise=None), "--dp-clip and --dp-noise go together"),
     (dict(dp_clip=0.0), "clip_norm must be a number > 0"),
-    (dict(dp_noise=-1.0), "noise_multiplier (sigma) must be a finite number >= 0"),
+    (dict(dp_noise=-1.0), "--dp-noise: noise_multiplier (sigma) must be a number >= 0"),
     (dict(dp_delta=1.0), "delta must be in (0, 1)"),
     (dict(grad="autodiff"), "use --grad manual"),
     (dict(model="deep-digits", data="digits"), "BatchNorm"),

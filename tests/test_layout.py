@@ -24,7 +24,7 @@ PACKAGE = "jaxcnn"
 # Lowest first; a module may import from its own layer or a lower one. The package root
 # (jaxcnn/__init__.py, the public facade) sits above them all.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("jaxcnn._precision", "jaxcnn._geometry", "jaxcnn._window"),
+    ("jaxcnn._precision", "jaxcnn._bounds", "jaxcnn._geometry", "jaxcnn._window"),
     ("jaxcnn.fast",),
     ("jaxcnn.forward",),
     ("jaxcnn.backward",),

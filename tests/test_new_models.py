@@ -8,9 +8,8 @@ The models run on small inputs (the same architectures: U-Net 8x8, cnn1d 32 samp
 The check point is init plus 0.05 N(0, 1) on every leaf (as `jaxcnn.tools.gradcheck`): off the
 ReLU kinks where zero biases put all-zero windows. Each (model, mode, batch) is ONE compiled
 program returning the manual and the autodiff gradients and the central differences on
-FD_PER_LEAF random coordinates of every leaf (`grads.finite_difference_grad` compiles one
-program per leaf: 26 for the U-Net, times four mode-batch pairs); its result is cached and read
-by both tests of that case.
+FD_PER_LEAF random coordinates of every leaf (`grads.finite_difference_grad` is a program of its
+own, for the differences only); its result is cached and read by both tests of that case.
 """
 
 from __future__ import annotations
@@ -192,8 +191,8 @@ def test_manual_matches_central_differences(name, train, n):
 
 
 def test_the_library_finite_differences_agree_on_the_1d_regression_net():
-    """`grads.finite_difference_grad` (one program per leaf, which is why the checks above
-    compute their differences in their own program) on 2 coordinates of every leaf of the
+    """`grads.finite_difference_grad` (a program of its own, which is why the checks above
+    compute their differences in theirs) on 2 coordinates of every leaf of the
     regression net in training mode, batch 1: BatchNorm's batch statistics, the Residual, the
     transposed convolution and Dropout's mask (the same key) through the library's own tool."""
     m = model("regression_1d")

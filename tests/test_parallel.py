@@ -7,7 +7,6 @@ is imported. 20 Adam steps in float64, on 1, 2 and 8 devices, manual and autodif
 """
 
 import os
-import subprocess
 import sys
 
 import jax
@@ -21,7 +20,7 @@ from jaxcnn.nn import grads
 from jaxcnn.training import optim, parallel
 from jaxcnn.training import steps as train_steps
 
-from helpers import run_forced_device_worker
+from helpers import run_child, run_forced_device_worker
 
 RTOL = 1e-12
 
@@ -120,11 +119,9 @@ def test_train_cli_over_four_devices(tmp_path):
     base = [sys.executable, "-m", "jaxcnn.tools.cli", "train", "--model", "seed", "--data",
             "synthetic",
             "--epochs", "1", "--quiet", "--devices", "4", "--out", str(tmp_path / "run")]
-    ok = subprocess.run([*base, "--batch-size", "16"], env=env, capture_output=True, text=True,
-                        timeout=300)
+    ok = run_child([*base, "--batch-size", "16"], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "data parallel over 4 devices" in ok.stdout
-    bad = subprocess.run([*base, "--batch-size", "30"], env=env, capture_output=True, text=True,
-                         timeout=300)
+    bad = run_child([*base, "--batch-size", "30"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2
     assert "--batch-size 30 is not divisible by the 4 devices" in bad.stderr

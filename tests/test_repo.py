@@ -1,8 +1,9 @@
 """The repository keeps its promises: ruff is clean, and CI runs the README's test command."""
 
-import subprocess
 import sys
 from pathlib import Path
+
+from helpers import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +28,6 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_environment():
 
 
 def test_ruff_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--quiet", "."], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = run_child([sys.executable, "-m", "ruff", "check", "--quiet", "."], cwd=ROOT,
+                     capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

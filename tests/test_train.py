@@ -1,6 +1,7 @@
 """Training with the hand-written gradients: the same trajectory as jax.grad, per-example
 gradients, optimizers against their formulas, exact resume, and stops that explain themselves."""
 
+import dataclasses
 import functools
 import json
 
@@ -164,7 +165,8 @@ def test_divergence_stops_with_the_step_and_layer(tmp_path):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    cfg = trainer.TrainConfig(**{**SMALL, "epochs": 1})
+    # constant: the one schedule under which --resume may add epochs (cosine spans them all)
+    cfg = trainer.TrainConfig(**{**SMALL, "epochs": 1, "schedule": "constant"})
     trainer.fit(cfg, tmp_path, progress=False, log=lambda s: None)
     good = (tmp_path / trainer.CHECKPOINT).read_bytes()
     real_make = train_steps.make_train_step
@@ -180,7 +182,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train_steps, "make_train_step", poisoned)
     with pytest.raises(trainer.TrainingStoppedError, match=r"step 33 \(epoch 2\).*the last "
                                                            r"good checkpoint is .* \(epoch 1\)"):
-        trainer.fit(trainer.TrainConfig(**{**SMALL, "epochs": 2}), tmp_path, resume=True,
+        trainer.fit(dataclasses.replace(cfg, epochs=2), tmp_path, resume=True,
                     progress=False, log=lambda s: None)
     assert (tmp_path / trainer.CHECKPOINT).read_bytes() == good
 

@@ -145,9 +145,10 @@ def test_fit_trains_each_new_model(tmp_path, small_data, name):
     if per_pixel:
         assert 0 < summary["test_mean_iou"] <= 1
         assert epochs[-1]["test_mean_iou"] == summary["test_mean_iou"]
-    # the filters drawn: the first 2-D kernel, inside unet's enc1; none for 1-D / 3-D kernels
+    # the filters drawn: the first convolution's kernel (unet's inside enc1), of any rank
     kernel = small_data[0]
-    assert (kernel.shape == (3, 3, 1, 8)) if per_pixel else kernel is None
+    assert kernel.shape == {"unet": (3, 3, 1, 8), "cnn1d": (7, 1, 16),
+                            "cnn3d": (3, 3, 3, 1, 8)}[name]
     if per_pixel:
         np.testing.assert_array_equal(kernel, summary["params"]["enc1"]["conv1"]["w"])
     # resuming a finished run checks the container's fingerprint and trains nothing

@@ -7,7 +7,6 @@ rtol 1e-14 would mean the flags change what the tests check.
 """
 
 import os
-import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import FAST_XLA_FLAGS, FLAGS_BY_JAXLIB
-from helpers import rel_err
+from helpers import rel_err, run_child
 
 HERE = Path(__file__).parent
 
@@ -26,8 +25,7 @@ def _run(tmp_path: Path, flags: str | None) -> dict:
         env["XLA_FLAGS"] = flags
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent)])
     out = tmp_path / f"grads_{'fast' if flags else 'default'}.npz"
-    subprocess.run([sys.executable, str(HERE / "flags_worker.py"), str(out)], env=env,
-                   check=True, timeout=300)
+    run_child([sys.executable, str(HERE / "flags_worker.py"), str(out)], env=env, check=True)
     return dict(np.load(out))
 
 

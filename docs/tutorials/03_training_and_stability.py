@@ -29,8 +29,9 @@ import optax
 
 import jaxcnn
 from jaxcnn import backward, forward, models
+from jaxcnn.nn.heads import SOFTMAX
 from jaxcnn.nn.layers import Dense, Flatten, ReLU, Sigmoid
-from jaxcnn.nn.network import SOFTMAX, Network
+from jaxcnn.nn.network import Network
 from jaxcnn.training.data import synthetic_bars
 from jaxcnn.training.optim import make_optimizer
 from jaxcnn.training.steps import layer_norms

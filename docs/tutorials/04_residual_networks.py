@@ -40,8 +40,9 @@ import jaxcnn
 from jaxcnn import backward, forward, models
 from jaxcnn.nn.combinators import Residual, Serial
 from jaxcnn.nn.grads import compare
+from jaxcnn.nn.heads import SOFTMAX
 from jaxcnn.nn.layers import HE_NORMAL, BatchNorm, Conv2D, Dense, GlobalAvgPool, ReLU
-from jaxcnn.nn.network import SOFTMAX, Network
+from jaxcnn.nn.network import Network
 
 jax.config.update("jax_enable_x64", True)
 TOL = 1e-9

@@ -38,8 +38,9 @@ import optax
 import jaxcnn
 from jaxcnn import bridge, forward
 from jaxcnn.nn.grads import compare, finite_difference_grad
+from jaxcnn.nn.heads import BINARY
 from jaxcnn.nn.layers import Conv2D, Dense, Flatten, Layer, MaxPool, ReLU
-from jaxcnn.nn.network import BINARY, Network
+from jaxcnn.nn.network import Network
 from jaxcnn.training.data import synthetic_bars
 from jaxcnn.training.steps import make_train_step
 

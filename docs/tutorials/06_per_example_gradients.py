@@ -28,8 +28,9 @@ import optax
 
 import jaxcnn
 from jaxcnn import forward, models
+from jaxcnn.nn.heads import SOFTMAX
 from jaxcnn.nn.layers import Conv2D, Dense, Flatten, MaxPool, ReLU
-from jaxcnn.nn.network import SOFTMAX, Network
+from jaxcnn.nn.network import Network
 
 jax.config.update("jax_enable_x64", True)
 TOL = 1e-9

@@ -37,55 +37,132 @@ def max_pool(dy: Array, x: Array, *, window: int | tuple[int, ...] = 2,
              stride: int | tuple[int, ...] | None = None, padding: Padding = "VALID") -> Array:
     """Gradient of `forward.max_pool`: each window's dy goes to its maximum, the rest get zero.
 
-    dy: (N, *O, C); x: (N, *spatial, C), 1, 2 or 3 spatial axes -> dx (N, *spatial, C). On ties
-    the first maximum in row-major window order takes it all, as XLA's select-and-scatter (hence
-    `jax.grad`) routes it, on every rank; overlapping windows add up. NaNs in a window route
-    nothing.
+    dy: (N, *O, C); x: (N, *spatial, C), 1, 2 or 3 spatial axes -> dx (N, *spatial, C). On
+    ties the first maximum in row-major window order takes it all, as XLA's select-and-scatter
+    (hence `jax.grad`) routes it, on every rank; overlapping windows add up. A window holding a
+    NaN routes nothing (jax.grad routes it to an element chosen by XLA's `>=` scan, which a NaN
+    breaks).
+
+    Windows of up to `PAIRWISE_MAX` elements (2x2, 3x3, 2x2x2): the window's elements are read
+    as K strided taps of the -inf-padded x (`_window.tap`), tap k wins iff it is > every
+    earlier tap and >= every later one (`_first_max`), and its dy is spread back to the input
+    rows it read (`_window.spread`). Larger windows, whose K taps would make the program grow
+    with K (a 16x16 window: 256 of them): each window's winner as one flat index, found by
+    `lax.reduce_window` one spatial axis at a time (`_winner_index`), its dy scatter-added
+    there (`_max_pool_by_index`): cost in the sum of the window's sides, not their product.
+
+    Robust under any composition (docs/xla_traps.md, section 6): the winner is decided inside
+    one computation (comparisons of the taps with each other, or one reduction), never against
+    a maximum computed elsewhere, and x is never read through a reshaped view (XLA:CPU 0.10.2
+    can write a fused consumer's output over a buffer it still reads through one).
     """
     win = _pool_args("backward.max_pool", dy, x, window, stride, padding)
-    if _tiles(win):
-        return _max_pool_tiles(dy, x, win)
-    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in
-                                                                 win.pads), (0, 0, 0)])
-    candidates = [_window.tap(xp, *off, win) for off in _window.offsets(win)]
+    by_taps = math.prod(win.size) <= PAIRWISE_MAX
+    return (_max_pool_by_taps if by_taps else _max_pool_by_index)(dy, x, win)
+
+
+PAIRWISE_MAX = 9  # measured on XLA:CPU (jaxcnn.tools.bench_pool): taps win up to 3x3, by_index past
+
+
+def winner_index(x: Array, *, window: int | tuple[int, ...] = 2,
+                 stride: int | tuple[int, ...] | None = None,
+                 padding: Padding = "VALID") -> Array:
+    """Where `max_pool`'s rule routes each window's dy, as a flat index into the padded
+    spatial axes, (N, *O, C) int32: the first maximum in row-major window order (equal to the
+    taps' `_first_max` on every window without a NaN). For tools that need the rule's
+    decisions (`jaxcnn.nn.layers.MaxPool`'s kinks).
+
+    Args:
+      x: (N, *spatial, C), 1, 2 or 3 spatial axes; window, stride, padding: as `max_pool`.
+    """
+    return _winner_index(x, _geometry.pool_nd("max_pool", x, window, stride, padding))[1]
+
+
+def _max_pool_by_taps(dy: Array, x: Array, win: _geometry.Window) -> Array:
+    """`max_pool`'s routing for small windows: the K taps' winners (`_first_max`), each tap's
+    routed dy spread back to the rows it read. dy: (N, *O, C); x: (N, *spatial, C) -> dx."""
     dx = jnp.zeros_like(x)
-    for off, winner in zip(_window.offsets(win), _first_max(candidates)):
+    for off, winner in zip(_window.offsets(win), _first_max(_taps(x, win))):
         dx = dx + _window.spread(jnp.where(winner, dy, 0), *off, win)
     return dx
 
 
-def _first_max(candidates: list[Array]) -> list[Array]:
-    """For each window element (candidates in row-major window order, each (N, *O, C)):
-    where it is its window's first maximum. A window holding a NaN has none."""
-    y = functools.reduce(jnp.maximum, candidates)
-    taken, winners = jnp.zeros(y.shape, bool), []
-    for c in candidates:
-        winners.append((c == y) & ~taken)
-        taken = taken | winners[-1]
-    return winners
+def _taps(x: Array, win: _geometry.Window) -> list[Array]:
+    """The K window taps of the -inf-padded x, row-major window order, each (N, *O, C):
+    strided slices (`_window.tap`), never a reshaped view of x."""
+    return [_window.tap(_padded(x, win), *off, win) for off in _window.offsets(win)]
 
 
-def _tiles(win: _geometry.Window) -> bool:
-    """Whether the windows tile a 2-D input without overlap or padding (stride = window, e.g.
-    the usual 2x2 pool with stride 2). 1 and 3 spatial axes take the general taps."""
-    return (len(win.size) == 2 and win.stride == win.size and win.dilation == (1, 1)
-            and win.pads == ((0, 0), (0, 0)))
+def _padded(x: Array, win: _geometry.Window) -> Array:
+    return lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in
+                                                                win.pads), (0, 0, 0)])
 
 
-def _max_pool_tiles(dy: Array, x: Array, win: _geometry.Window) -> Array:
-    """`max_pool`'s rule for tiling windows: the same first-maximum routing, with the window's
-    elements read off a (N, O_h, k_h, O_w, k_w, C) view of x and the routed dy stacked back into
-    that view, instead of strided taps and interior-padded spreads. Rows and columns that no
-    window reads (VALID with H % k != 0) get zero."""
-    (kh, kw), (oh, ow) = win.size, win.out_hw
-    n, h, w, c = x.shape
-    xt = x[:, :oh * kh, :ow * kw].reshape(n, oh, kh, ow, kw, c)
-    taps = [xt[:, :, i, :, j] for i in range(kh) for j in range(kw)]  # each (N, O_h, O_w, C)
-    routed = [jnp.where(winner, dy, 0) for winner in _first_max(taps)]
-    rows = [jnp.stack(routed[i * kw:(i + 1) * kw], axis=3).reshape(n, oh, ow * kw, c)
-            for i in range(kh)]  # each (N, O_h, O_w * k_w, C)
-    dx = jnp.stack(rows, axis=2).reshape(n, oh * kh, ow * kw, c)
-    return jnp.pad(dx, ((0, 0), (0, h - oh * kh), (0, w - ow * kw), (0, 0)))
+def _first_max(taps: list[Array]) -> list[Array]:
+    """For the K taps of every window (row-major window order, each (N, *O, C)): K masks, true
+    where that tap is its window's first maximum: tap k is > every earlier tap and >= every
+    later one. Exactly one is true per window, none in a window holding a NaN.
+
+    The winner is decided by comparing the taps with each other only, never with a maximum
+    computed elsewhere (`t == max(taps)` depends on two computations of one float agreeing to
+    the bit). K^2 comparisons, which XLA fuses into one loop: the fastest form on XLA:CPU up to
+    `PAIRWISE_MAX` taps.
+    """
+    return [functools.reduce(jnp.logical_and, [t > u for u in taps[:i]]
+                             + [t >= u for u in taps[i + 1:]], jnp.ones(t.shape, bool))
+            for i, t in enumerate(taps)]
+
+
+def _max_pool_by_index(dy: Array, x: Array, win: _geometry.Window) -> Array:
+    """`max_pool`'s routing for large windows: each window's winner as a flat index into the
+    padded x (`_winner_index`), its dy scatter-added there, the padding cropped. The same
+    routing as the taps (ties to the first maximum in row-major window order; a window holding
+    a NaN routes nothing); overlapping windows add in window order, as XLA's
+    select-and-scatter (equal to `jax.vjp` bit for bit on XLA:CPU). On a GPU the scatter of
+    overlapping windows adds atomically, in no fixed order (rounding may differ run to run).
+    dy: (N, *O, C); x: (N, *spatial, C) -> dx, x's shape."""
+    best, index = _winner_index(x, win)
+    n, c = x.shape[0], x.shape[-1]
+    padded = tuple(h + lo + hi for h, (lo, hi) in zip(x.shape[1:-1], win.pads))
+    routed = jnp.where(best == best, dy, 0).reshape(n, -1, c)  # a NaN window routes nothing
+    rows, chans = jnp.arange(n)[:, None, None], jnp.arange(c)[None, None, :]
+    dxp = jnp.zeros((n, math.prod(padded), c), x.dtype).at[
+        rows, index.reshape(n, -1, c), chans].add(routed, mode="promise_in_bounds")
+    start = (0, *(lo for lo, _ in win.pads), 0)
+    return lax.slice(dxp.reshape(n, *padded, c), start,
+                     tuple(a + b for a, b in zip(start, x.shape)))
+
+
+def _winner_index(x: Array, win: _geometry.Window) -> tuple[Array, Array]:
+    """(max, flat index into the padded spatial axes of its first occurrence), each (N, *O, C),
+    of every window of the -inf-padded x; the max is NaN in a window holding a NaN.
+
+    (value, index) pairs are reduced by `lax.reduce_window` under a total order (NaN highest,
+    then the larger value, then the smaller index), whose maximum is separable: reduced over
+    the window along the last spatial axis, then the one before, ..., it is the maximum over
+    the whole window, its index the first in row-major window order among equal values. One
+    reduction decides each window: nothing is compared with a value computed elsewhere.
+    """
+    # piecewise constant in x: no tangent (jax.jvp, hence hvp, would otherwise differentiate
+    # reduce_window through its int32 operand, which JAX cannot)
+    xp = _padded(lax.stop_gradient(x), win)
+    index = jnp.zeros(xp.shape, jnp.int32)  # flat position: fits, padded sizes are int32-bounded
+    for axis in range(1, xp.ndim - 1):
+        index = index * xp.shape[axis] + lax.broadcasted_iota(jnp.int32, xp.shape, axis)
+    best, init = xp, (jnp.array(-jnp.inf, x.dtype), jnp.array(jnp.iinfo(jnp.int32).max, jnp.int32))
+    for axis in reversed(range(len(win.size))):
+        dims, strides = [1] * xp.ndim, [1] * xp.ndim
+        dims[axis + 1], strides[axis + 1] = win.size[axis], win.stride[axis]
+        best, index = lax.reduce_window((best, index), init, _first_of, dims, strides, "VALID")
+    return best, index
+
+
+def _first_of(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+    """The larger of two (value, index) pairs under the total order of `_winner_index`."""
+    (va, ia), (vb, ib) = a, b
+    nan_a, nan_b = va != va, vb != vb
+    a_wins = (nan_a & ~nan_b) | (va > vb) | (((va == vb) | (nan_a & nan_b)) & (ia < ib))
+    return jnp.where(a_wins, va, vb), jnp.where(a_wins, ia, ib)
 
 
 def avg_pool(dy: Array, x: Array, *, window: int | tuple[int, ...] = 2,

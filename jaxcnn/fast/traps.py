@@ -15,7 +15,7 @@ from jax import lax
 from jaxcnn._geometry import Window
 
 Array = jax.Array
-MEASURED_ON = "jaxlib 0.10.2 and 0.12.0.1, CPU"
+MEASURED_ON = "jaxlib 0.10.2, 0.12.0.1 and 0.12.1, CPU"
 
 
 def xla_may_abort(win: Window) -> bool:

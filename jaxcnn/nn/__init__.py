@@ -7,6 +7,7 @@
               `resnet20` (BatchNorm or GroupNorm)
     lookup    a model by its CLI name or as `module:function`
     grads     `manual_grad`, `autodiff_grad`, `value_and_grad`, finite differences, `compare`
+    mode      `train` known or traced (jax.jit): `by_mode` runs the computation in its mode
 
 Nothing here knows about training (`jaxcnn.training`) or the tools (`jaxcnn.tools`).
 """

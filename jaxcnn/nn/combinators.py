@@ -19,7 +19,9 @@ Each returns a `jaxcnn.nn.layers.Layer` (init, apply, backward, spec, with_impl)
     with_impl the block with every sub-layer's convolutions in another formulation (None when no
             sub-layer has a convolution);
     norms   per-example squared gradient norms through the block: the sub-layers' `norms`
-            chained as their backward is, their sq (N,) summed (None when a sub-layer has none).
+            chained as their backward is, their sq (N,) summed (None when a sub-layer has none);
+    decisions every sub-layer's decisions (ReLU signs, max-pool winners) on its own input, in
+            the order the block applies them (None when no sub-layer has any).
 A ReLU after a residual join is just the next layer of the enclosing Serial.
 
 Sub-layer keys: a block's `apply` gets one PRNG key and folds in the sub-layer's position
@@ -65,6 +67,18 @@ def _apply(layer: Layer, params: dict, state: dict, slot: str, x: Array, key: Ar
            i: int, kw: dict) -> tuple[Array, dict, Any]:
     """`layer.apply` on the entries `slot` of params and state ({} when absent)."""
     return layer.apply(params.get(slot, {}), state.get(slot, {}), x, key=_sub_key(key, i), **kw)
+
+
+def _decided(layer: Layer | None, slot: str, params: dict, x: Array,
+             residual: Any) -> list[Array]:
+    """`layer.decisions` on its entries `slot` of params; [] for a smooth or absent layer."""
+    if layer is None or layer.decisions is None:
+        return []
+    return layer.decisions(params.get(slot, {}), x, residual)
+
+
+def _decides(*layers: Layer | None) -> bool:
+    return any(layer is not None and layer.decisions is not None for layer in layers)
 
 
 def kinds(layer: Layer) -> Iterator[str]:
@@ -140,6 +154,14 @@ def _serial_norms(layers: tuple[Layer, ...], g: Array, params: dict, x: Array, r
     return g, sq, lambda w: {n: regrads[n](w) for n in params}
 
 
+def _serial_decisions(layers: tuple[Layer, ...], params: dict, x: Array,
+                      residual: dict) -> list[Array]:
+    """Every sub-layer's decisions on its own input (x, then the inputs the residual kept)."""
+    inputs = [x, *residual["inputs"]]
+    return [d for layer, x_k, r_k in zip(layers, inputs, residual["residuals"])
+            for d in _decided(layer, layer.name, params, x_k, r_k)]
+
+
 def _norms_of(*layers: Layer | None) -> bool:
     return all(layer.norms is not None for layer in layers if layer is not None)
 
@@ -177,7 +199,8 @@ def Serial(*layers: Layer, name: str = "serial") -> Layer:
     has_impl = any(layer.with_impl for layer in layers)
     return Layer(name, partial(_serial_init, layers), partial(_serial_apply, layers),
                  partial(_serial_backward, layers), spec, with_impl if has_impl else None,
-                 partial(_serial_norms, layers) if _norms_of(*layers) else None)
+                 partial(_serial_norms, layers) if _norms_of(*layers) else None,
+                 partial(_serial_decisions, layers) if _decides(*layers) else None)
 
 
 # ----------------------------------------------------------------------------- Residual
@@ -254,6 +277,13 @@ def _residual_norms(f: Layer, shortcut: Layer | None, g: Array, params: dict, x:
     return dx, sq, lambda w: {slot: regrads[slot](w) for slot in params}
 
 
+def _residual_decisions(f: Layer, shortcut: Layer | None, params: dict, x: Array,
+                        residual: dict) -> list[Array]:
+    """f's decisions, then the shortcut's, both on the block's input x."""
+    return [*_decided(f, "f", params, x, residual["f"]),
+            *_decided(shortcut, "shortcut", params, x, residual.get("shortcut"))]
+
+
 def Residual(f: Layer, shortcut: Layer | None = None, *, name: str = "residual") -> Layer:
     """A residual join (He et al. 2016): y = f(x) + shortcut(x), the shortcut the identity
     (y = f(x) + x) when None.
@@ -288,7 +318,8 @@ def Residual(f: Layer, shortcut: Layer | None = None, *, name: str = "residual")
     return Layer(name, partial(_residual_init, f, shortcut, name),
                  partial(_residual_apply, f, shortcut), partial(_residual_backward, f, shortcut),
                  spec, with_impl if has_impl else None,
-                 partial(_residual_norms, f, shortcut) if _norms_of(f, shortcut) else None)
+                 partial(_residual_norms, f, shortcut) if _norms_of(f, shortcut) else None,
+                 partial(_residual_decisions, f, shortcut) if _decides(f, shortcut) else None)
 
 
 # ----------------------------------------------------------------------------- SkipConcat
@@ -350,4 +381,5 @@ def SkipConcat(inner: Layer, *, name: str = "skip") -> Layer:
         return SkipConcat(_rebuilt(inner, impl), name=name)
 
     return Layer(name, init, apply, backward_, {"kind": "SkipConcat", "inner": _sub_spec(inner)},
-                 with_impl if inner.with_impl else None, norms if inner.norms else None)
+                 with_impl if inner.with_impl else None, norms if inner.norms else None,
+                 partial(_decided, inner, "inner") if inner.decisions else None)

@@ -4,21 +4,27 @@
                              by jax.grad: the one path every gradient of a network takes
     manual_grad              the hand-written backward pass (`Network.backprop`)
     autodiff_grad            `jax.value_and_grad(model.loss)`
-    finite_difference_grad   central differences in float64, coordinate by coordinate
-    compare                  per-leaf max abs / max rel difference and cosine similarity;
+    finite_difference_grad   central differences in float64, coordinate by coordinate, one
+                             compiled program; the coordinates whose steps straddle a kink
+                             (`decisions`: ReLU signs, max-pool winners) not evaluated
+    compare                  per-leaf max abs / max rel difference (relative to the leaf, or
+                             to REL_FLOOR of the tree's largest gradient) and cosine similarity;
                              a non-finite value or an empty comparison fails, never passes
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxcnn.nn.mode import by_mode
 from jaxcnn.nn.network import Network, Params, State
 
 Array = jax.Array
@@ -28,6 +34,10 @@ GRADS = ("manual", "autodiff")
 # what the tests see); differences of 1e-6 steps carry O(eps^2) truncation and 1e-10 rounding.
 # float32: 1e-4 is ~1000 ulps of accumulated reordering over a deep net; no finite differences.
 TOLERANCES = {"float64": (1e-9, 1e-6), "float32": (1e-4, None)}
+# `compare`'s floor, a fraction of the tree's largest reference gradient: a structurally zero
+# leaf holds rounding, ~1e-16 of that in float64, up to 2e-7 in float32 (measured), ~1e-10 of the
+# loss in central differences; measured against 1e-2 of it, all pass the tolerances above.
+REL_FLOOR = 1e-2
 
 
 def value_and_grad(model: Network, grad: str = "manual", *,
@@ -44,6 +54,8 @@ def value_and_grad(model: Network, grad: str = "manual", *,
     `shard_map` (with its default `check_vma=True`) JAX knows that params are replicated and
     transposes their implicit broadcast into a `psum`, so the gradient of the local loss is
     already summed over devices, D times the global gradient.
+
+    train: a bool, or a traced boolean scalar (`jaxcnn.nn.mode.by_mode`: both modes compiled).
     """
     if grad not in GRADS:
         raise ValueError(f"grad must be one of {', '.join(GRADS)}; got {grad!r}")
@@ -51,13 +63,13 @@ def value_and_grad(model: Network, grad: str = "manual", *,
     def mean(v: Any) -> Any:
         return v if axis_name is None else lax.pmean(v, axis_name)
 
-    def manual(params, x, y, *, state=None, train=False, key=None):
+    def manual_in(train, params, x, y, state, key):  # train a Python bool
         loss, trace = model.loss_and_trace(params, x, y, state=state, train=train, key=key,
                                            axis_name=axis_name)
         g, _ = model.backprop(params, trace, y)
         return mean(loss), mean(g), (trace.state, trace.activations[-1])
 
-    def autodiff(params, x, y, *, state=None, train=False, key=None):
+    def autodiff_in(train, params, x, y, state, key):  # train a Python bool
         # before jax.grad sees them: its own error for a bad leaf would name no path
         model.check_input(x)
         model.check_params(params, x.dtype)
@@ -70,7 +82,13 @@ def value_and_grad(model: Network, grad: str = "manual", *,
         (value, aux), g = jax.value_and_grad(loss, has_aux=True)(params)
         return value, g, aux
 
-    return manual if grad == "manual" else autodiff
+    one_mode = manual_in if grad == "manual" else autodiff_in
+
+    def vg(params, x, y, *, state=None, train=False, key=None):
+        return by_mode("value_and_grad", train,
+                       lambda t: one_mode(t, params, x, y, state, key))
+
+    return vg
 
 
 def manual_grad(model: Network, params: Params, x: Array, y: Array, *,
@@ -78,45 +96,66 @@ def manual_grad(model: Network, params: Params, x: Array, y: Array, *,
                 key: Array | None = None) -> tuple[Array, Params]:
     """(loss, dL/dparams) by the hand-written backward pass.
 
+    Under `jax.jit(jaxcnn.manual_grad, static_argnums=0)` every other argument may be traced;
+    a traced `train` compiles both modes (`jaxcnn.nn.mode.by_mode`), and training mode then
+    needs `key` for a model with Dropout: add `static_argnames="train"` to compile one mode.
+
     Args:
       model, params: a `Network` and its parameters.
       x: (N, H, W, C); y: (N,) labels.
       state: BatchNorm's running averages (None: the initial ones).
-      train: batch-statistics BatchNorm and active Dropout (with `key`).
+      train: batch-statistics BatchNorm and active Dropout (with `key`): a bool, or a boolean
+        scalar array (traced under jit).
+      key: the Dropout key in training mode.
 
     Returns:
       (the mean loss over the batch, grads with params' structure).
+
+    Raises:
+      TypeError: train is not a boolean scalar. ValueError: train is traced and training mode
+        cannot be traced (Dropout with no key).
     """
-    loss, g, _ = value_and_grad(model, "manual")(params, x, y, state=state, train=train, key=key)
-    return loss, g
+    vg = value_and_grad(model, "manual")
+    return by_mode("manual_grad", train, lambda t: vg(params, x, y, state=state, train=t,
+                                                      key=key)[:2])
 
 
 def autodiff_grad(model: Network, params: Params, x: Array, y: Array, *,
                   state: State | None = None, train: bool = False,
                   key: Array | None = None) -> tuple[Array, Params]:
-    """(loss, dL/dparams) by `jax.value_and_grad(model.loss)`; arguments as `manual_grad`:
-    x (N, H, W, C), y (N,); the grads have the shapes of params."""
-    loss, g, _ = value_and_grad(model, "autodiff")(params, x, y, state=state, train=train,
-                                                   key=key)
-    return loss, g
+    """(loss, dL/dparams) by `jax.value_and_grad(model.loss)`; arguments (train traced or
+    not), jit form and errors as `manual_grad`: x (N, H, W, C), y (N,); the grads have the
+    shapes of params."""
+    vg = value_and_grad(model, "autodiff")
+    return by_mode("autodiff_grad", train, lambda t: vg(params, x, y, state=state, train=t,
+                                                        key=key)[:2])
 
 
 def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *,
                            eps: float = 1e-6, max_per_leaf: int | None = None, seed: int = 0,
-                           return_mask: bool = False,
+                           return_mask: bool = False, skip_kinks: bool = True,
                            **kw: Any) -> Params | tuple[Params, Params]:
     """Central differences `(L(p + eps e_i) - L(p - eps e_i)) / (2 eps)`, in float64.
 
-    Every coordinate of every leaf, or at most `max_per_leaf` coordinates drawn at random per
-    leaf. The coordinates not evaluated hold NaN, which a NaN result of an evaluated coordinate
-    (a NaN loss) also is: to tell them apart, ask for `return_mask=True` and pass the mask to
-    `compare(..., mask=evaluated)`, which then fails any non-finite evaluated coordinate.
+    Every coordinate of every leaf, or `min(size, max_per_leaf)` drawn at random per leaf, in
+    ONE compiled program (`lax.map` over the flattened params' coordinates). A coordinate whose
+    steps straddle a kink is not evaluated: where a layer decides differently at p + eps e_i
+    and p - eps e_i (`decisions`: a ReLU input changes sign, a max pool's winner moves), the
+    quotient mixes two pieces' slopes and measures no gradient. The decisions come from the
+    forward pass only, so no backward rule, right or wrong, moves them; a non-finite quotient
+    is always kept, so a NaN loss stays visible.
+
+    The coordinates not evaluated (not drawn, or at a kink) hold NaN, which a NaN result of an
+    evaluated coordinate also is: to tell them apart, ask for `return_mask=True` and pass the
+    mask to `compare(..., mask=evaluated)`, which then fails any non-finite evaluated
+    coordinate. A leaf's drawn coordinates at kinks: `min(size, max_per_leaf) - evaluated.sum()`.
 
     Args:
       model, params: a `Network` and its parameters, float64 (`jax_enable_x64`).
       x, y: the batch; eps: the step (> 0); seed: of the coordinates drawn.
       max_per_leaf: None for every coordinate, else the number drawn per leaf (>= 1).
       return_mask: also return which coordinates were evaluated.
+      skip_kinks: False evaluates the coordinates at kinks too.
       **kw: as `manual_grad` (use the same dropout key, so the loss is one function of params).
 
     Returns:
@@ -126,33 +165,53 @@ def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *
     """
     step = _check_fd_args(model, params, x, eps, max_per_leaf)
     leaves, treedef = jax.tree.flatten(params)
+    sizes = [leaf.size for leaf in leaves]
     rng = np.random.default_rng(seed)
-
-    def loss_at(flat_leaves):
-        return model.loss(jax.tree.unflatten(treedef, flat_leaves), x, y, **kw)
-
-    # one compiled function per leaf, mapped over the coordinates to perturb
-    def leaf_fd(i, coords):
-        def two_sided(j):
-            e = jnp.zeros(leaves[i].size, leaves[i].dtype).at[j].set(step)
-            plus, minus = list(leaves), list(leaves)
-            plus[i] = leaves[i] + e.reshape(leaves[i].shape)
-            minus[i] = leaves[i] - e.reshape(leaves[i].shape)
-            return (loss_at(plus) - loss_at(minus)) / (2 * step)
-        return jax.lax.map(two_sided, coords)
-
+    coords = [np.arange(n) if max_per_leaf is None or n <= max_per_leaf else
+              np.sort(rng.choice(n, max_per_leaf, replace=False)) for n in sizes]
+    starts = np.cumsum([0, *sizes[:-1]])
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    values, crossed = jax.jit(partial(_differences, model, unravel, step, kw))(
+        flat, jnp.asarray(np.concatenate([s + c for s, c in zip(starts, coords)])), x, y)
+    values, crossed = np.asarray(values, np.float64), np.asarray(crossed) & skip_kinks
+    cuts = np.cumsum([len(c) for c in coords])[:-1]
     out, masks = [], []
-    for i, leaf in enumerate(leaves):
-        n = leaf.size
-        coords = np.arange(n) if max_per_leaf is None or n <= max_per_leaf else \
-            np.sort(rng.choice(n, max_per_leaf, replace=False))
-        fd, evaluated = np.full(n, np.nan), np.zeros(n, bool)
-        fd[coords] = np.asarray(jax.jit(leaf_fd, static_argnums=0)(i, coords))
-        evaluated[coords] = True
+    for leaf, c, v, e in zip(leaves, coords, np.split(values, cuts),
+                             np.split(~crossed | ~np.isfinite(values), cuts)):
+        fd, mask = np.full(leaf.size, np.nan), np.zeros(leaf.size, bool)
+        fd[c[e]], mask[c[e]] = v[e], True
         out.append(fd.reshape(leaf.shape))
-        masks.append(evaluated.reshape(leaf.shape))
+        masks.append(mask.reshape(leaf.shape))
     fd_tree = jax.tree.unflatten(treedef, out)
     return (fd_tree, jax.tree.unflatten(treedef, masks)) if return_mask else fd_tree
+
+
+def decisions(model: Network, params: Params, trace: Any) -> list[Array]:
+    """Every layer's decisions (`Layer.decisions`: ReLU signs, max-pool winner masks, nested
+    blocks' included) on a trace of `model.forward(params, ...)`, in layer order: a list of
+    bool arrays (N, ...). Equal lists at two points: the network is one smooth piece between."""
+    return [d for layer, x, r in zip(model.layers, trace.activations, trace.residuals)
+            if layer.decisions is not None
+            for d in layer.decisions(params.get(layer.name, {}), x, r)]
+
+
+def _differences(model: Network, unravel: Callable, step: float, kw: dict, flat: Array,
+                 coords: Array, x: Array, y: Array) -> tuple[Array, Array]:
+    """For each flat coordinate j (coords (M,)): the central difference (M,) and whether some
+    decision differs between flat + step e_j and flat - step e_j (M,) bool."""
+
+    def at(p: Array) -> tuple[Array, list[Array]]:
+        loss, trace = model.loss_and_trace(unravel(p), x, y, **kw)
+        return loss, decisions(model, unravel(p), trace)
+
+    def one(j: Array) -> tuple[Array, Array]:
+        (plus, d_plus), (minus, d_minus) = at(flat.at[j].add(step)), at(flat.at[j].add(-step))
+        crossed = jnp.zeros((), bool)
+        for a, b in zip(d_plus, d_minus):
+            crossed = crossed | jnp.any(a != b)
+        return (plus - minus) / (2 * step), crossed
+
+    return lax.map(one, coords)
 
 
 def _check_fd_args(model: Network, params: Params, x: Array, eps: Any,
@@ -191,7 +250,7 @@ class LeafDiff(NamedTuple):
     path: str
     shape: tuple[int, ...]
     max_abs: float   # max |a - b| over the entries compared
-    max_rel: float   # max |a - b| / max(max |b|, 1e-30)
+    max_rel: float   # max |a - b| / max(max |b|, floor * the tree's max |b|, 1e-30)
     cosine: float    # <a, b> / (|a| |b|) over the entries compared
     compared: int    # how many entries were compared (the mask's count, else the leaf's size)
     nonfinite: int   # entries where a, or b (where compared), is NaN or infinite
@@ -223,8 +282,14 @@ def _same_structure(fn: str, a: Any, b: Any, name_a: str, name_b: str) -> None:
     raise ValueError(f"{fn}: {name_a} and {name_b} differ in structure ({detail})")
 
 
-def compare(a: Any, b: Any, *, mask: Any = None) -> list[LeafDiff]:
+def compare(a: Any, b: Any, *, mask: Any = None, floor: float = REL_FLOOR) -> list[LeafDiff]:
     """Per-leaf differences between two gradient pytrees of one structure, `b` the reference.
+
+    The relative difference of a leaf is `max |a - b| / max(max |b| over the leaf, floor *
+    max |b| over all leaves)` (entries compared only): relative to the leaf's own scale, but
+    never to less than `floor` of the largest gradient of the tree. Without that floor a leaf
+    that is zero by structure (a bias before BatchNorm: rounding, ~1e-17, on both sides) reads
+    as a relative difference of order 1. `floor=0` measures every leaf on its own scale.
 
     A proof tool must not pass a wrong answer, so nothing is skipped silently: a NaN or
     infinite value in `a` (anywhere) or in `b` (where compared) makes that leaf non-finite
@@ -238,15 +303,20 @@ def compare(a: Any, b: Any, *, mask: Any = None) -> list[LeafDiff]:
       b: the reference, the same structure and leaf shapes.
       mask: None (compare every entry) or a pytree of bool arrays of b's structure and shapes,
         True where b was evaluated.
+      floor: in [0, 1]; the fraction of the tree's largest |b| below which a leaf's scale is
+        not taken (`REL_FLOOR`, 1e-2, by default).
 
     Returns:
       One `LeafDiff` per leaf, in the trees' leaf order.
 
     Raises:
-      ValueError: the trees (or the mask) differ in structure or in a leaf's shape, or there
-        is nothing to compare (no leaves). TypeError: a mask leaf is not boolean.
+      ValueError: the trees (or the mask) differ in structure or in a leaf's shape, there
+        is nothing to compare (no leaves), or floor is not in [0, 1]. TypeError: a mask leaf
+        is not boolean.
     """
     fn = "compare"
+    if not (isinstance(floor, int | float | np.floating) and 0 <= floor <= 1):
+        raise ValueError(f"{fn}: floor must be a number in [0, 1]; got {floor!r}")
     _same_structure(fn, a, b, "a", "b")
     leaves = jax.tree_util.tree_leaves_with_path(a)
     if not leaves:
@@ -256,14 +326,17 @@ def compare(a: Any, b: Any, *, mask: Any = None) -> list[LeafDiff]:
     else:
         _same_structure(fn, b, mask, "b", "mask")
         masks = jax.tree.leaves(mask)
-    rows = []
+    checked = []
     for (path, la), lb, lm in zip(leaves, jax.tree.leaves(b), masks):
         key = jax.tree_util.keystr(path)
         la, lb = np.asarray(la, np.float64), np.asarray(lb, np.float64)
         if la.shape != lb.shape:
             raise ValueError(f"{fn}: {key} has shape {la.shape} in a but {lb.shape} in b")
-        rows.append(_leaf_diff(key, la, lb, _leaf_mask(fn, key, lm, lb.shape)))
-    return rows
+        checked.append((key, la, lb, _leaf_mask(fn, key, lm, lb.shape)))
+    # the tree's largest |b| over the finite entries compared (a non-finite leaf fails anyway)
+    top = max(float(np.abs(lb[m & np.isfinite(lb)]).max(initial=0.0))
+              for _, _, lb, m in checked)
+    return [_leaf_diff(key, la, lb, m, floor * top) for key, la, lb, m in checked]
 
 
 def _leaf_mask(fn: str, key: str, lm: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -279,8 +352,10 @@ def _leaf_mask(fn: str, key: str, lm: Any, shape: tuple[int, ...]) -> np.ndarray
     return m
 
 
-def _leaf_diff(key: str, la: np.ndarray, lb: np.ndarray, m: np.ndarray) -> LeafDiff:
-    """One leaf's `LeafDiff` over the entries `m` selects (float64 arrays of one shape)."""
+def _leaf_diff(key: str, la: np.ndarray, lb: np.ndarray, m: np.ndarray,
+               least: float) -> LeafDiff:
+    """One leaf's `LeafDiff` over the entries `m` selects (float64 arrays of one shape); its
+    relative difference is taken against max(max |b| over them, least)."""
     bad = ~np.isfinite(la) | (m & ~np.isfinite(lb))
     compared, nonfinite = int(m.sum()), int(bad.sum())
     if compared == 0 or nonfinite:
@@ -289,7 +364,7 @@ def _leaf_diff(key: str, la: np.ndarray, lb: np.ndarray, m: np.ndarray) -> LeafD
     diff = float(np.abs(va - vb).max())
     scale = float(np.abs(vb).max())
     norm = float(np.linalg.norm(va) * np.linalg.norm(vb))
-    rel = diff / max(scale, 1e-30)
+    rel = diff / max(scale, least, 1e-30)
     cosine = float(np.dot(va, vb) / norm) if norm > 0 else float(diff == 0)
     if not (np.isfinite(diff) and np.isfinite(rel)):  # finite entries whose difference overflows
         diff = rel = np.inf

@@ -23,6 +23,10 @@ class Layer(NamedTuple):
     spec: dict = {}  # noqa: RUF012  the constructor and its options, e.g. {"kind": "MaxPool", ...}
     with_impl: Callable[[str], Layer] | None = None  # the layer rebuilt with another impl
     norms: Callable[..., tuple[Array, Array, Callable]] | None = None  # per-example norms
+    # decisions(params, x, residual) -> [arrays]: the discrete choices the layer made on input
+    # x (ReLU's signs, max pooling's winners); where two inputs give equal ones the layer is one
+    # smooth piece between them. None: the layer has none (it is smooth)
+    decisions: Callable[..., list[Array]] | None = None
 
 
 def zero_norms(backward_: Callable) -> Callable[..., tuple[Array, Array, Callable]]:

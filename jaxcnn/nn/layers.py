@@ -22,6 +22,12 @@
         sum_i w_i (example i's grads), from the stored g (the book-keeping of clipped
         gradients: no second backward pass). None: the layer has no such rule (then
         per-example norms of a network holding it are refused).
+    decisions(params, x, residual) -> [arrays]
+        The discrete choices the layer makes on input x: ReLU's `x > 0`, max pooling's
+        winners (`backward.pool.winner_index`). Between two inputs on which they are all equal
+        the layer is one smooth piece, so a central difference across them measures its
+        slope (finite differences mark the coordinates whose +-h steps change one:
+        `grads.finite_difference_grad`). None: a smooth layer, nothing to decide.
 
 A `Layer` bundles the three with a name, a `spec` (its constructor and options, for tools that
 rebuild the network elsewhere, such as the PyTorch twin of the benchmark) and, for the layers
@@ -41,6 +47,7 @@ import jax.numpy as jnp
 
 from jaxcnn import backward, forward
 from jaxcnn._geometry import Padding
+from jaxcnn.backward import pool as pool_rules
 from jaxcnn.nn import ghost
 from jaxcnn.nn.conv_layers import (  # noqa: F401  the catalogue
     CONV_OPS,
@@ -132,9 +139,11 @@ def Flatten(*, name: str = "flatten") -> Layer:
 
 def MaxPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
             padding: Padding = "VALID", *, name: str = "maxpool") -> Layer:
-    """Max pooling, (H, W, C) -> (O_h, O_w, C) (`forward.max_pool`); stride None means = window."""
-    return _no_params("MaxPool", name, forward.max_pool, backward.max_pool, window=window,
-                      stride=stride, padding=padding)
+    """Max pooling, (H, W, C) -> (O_h, O_w, C) (`forward.max_pool`); stride None means = window.
+    Its decisions: each window's winner (`backward.pool.winner_index`)."""
+    opts = dict(window=window, stride=stride, padding=padding)
+    return _no_params("MaxPool", name, forward.max_pool, backward.max_pool, **opts)._replace(
+        decisions=lambda params, x, residual: [pool_rules.winner_index(x, **opts)])
 
 
 def AvgPool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
@@ -181,13 +190,16 @@ def ReLU(*, name: str = "relu") -> Layer:
     def backward_(dy, params, x, y):
         return backward.relu(dy, y), {}
 
-    return base._replace(apply=apply, backward=backward_, norms=zero_norms(backward_))
+    return base._replace(apply=apply, backward=backward_, norms=zero_norms(backward_),
+                         decisions=lambda params, x, y: [x > 0])  # its kink: the sign of x
 
 
 def LeakyReLU(negative_slope: float = 0.01, *, name: str = "leaky_relu") -> Layer:
-    """x where x >= 0, else negative_slope * x; (H, W, C) -> the same shape."""
+    """x where x >= 0, else negative_slope * x; (H, W, C) -> the same shape. Its decisions:
+    `x >= 0`."""
     return _no_params("LeakyReLU", name, forward.leaky_relu, backward.leaky_relu,
-                      negative_slope=negative_slope)
+                      negative_slope=negative_slope)._replace(
+        decisions=lambda params, x, residual: [x >= 0])
 
 
 def Sigmoid(*, name: str = "sigmoid") -> Layer:

@@ -1,6 +1,7 @@
 """The networks: the worked example's 15-parameter CNN, LeNet-5, a deeper CNN, a CIFAR-shaped CNN,
-the CIFAR ResNet-20 (He et al. 2016) with BatchNorm or GroupNorm, a small U-Net (Ronneberger et
-al. 2015) with per-pixel logits, a 1-D CNN for signals and a small 3-D CNN for volumes.
+the tempered-sigmoid MNIST CNN of DP-SGD (Papernot et al. 2020), the CIFAR ResNet-20 (He et al.
+2016) with BatchNorm or GroupNorm, a small U-Net (Ronneberger et al. 2015) with per-pixel
+logits, a 1-D CNN for signals and a small 3-D CNN for volumes.
 
 Each function returns a `jaxcnn.nn.network.Network`; `get(name)` looks one up by its CLI name.
 `impl` ("conv", "gemm", "auto") is the formulation of every convolution of the model (see
@@ -27,6 +28,7 @@ from jaxcnn.nn.layers import (
     Layer,
     MaxPool,
     ReLU,
+    Tanh,
 )
 from jaxcnn.nn.network import BINARY, PIXEL_SOFTMAX, SOFTMAX, Network
 
@@ -122,6 +124,30 @@ def cifar_cnn(num_classes: int = 10, *, norm: str | None = None, impl: str = "co
         *unit(32, 1), *unit(64, 2), MaxPool(2, name="pool1"), *unit(128, 3),
         MaxPool(2, name="pool2"), Flatten(), Dense(num_classes, name="dense"),
     ], (32, 32, 3), SOFTMAX)
+
+
+def tempered_cnn(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10, *,
+                 pool_stride: int = 1, impl: str = "conv") -> Network:
+    """The tempered-sigmoid CNN of DP-SGD (Papernot et al. 2020, "Tempered Sigmoid Activations
+    for Deep Learning with Differential Privacy"): TF-Privacy's MNIST CNN with tanh activations.
+
+    (28, 28, 1) -> conv 8x8, 16, stride 2, SAME -> (14, 14, 16) -> tanh -> max pool 2x2 stride
+    `pool_stride` -> conv 4x4, 32, stride 2, VALID -> tanh -> max pool 2x2 stride
+    `pool_stride` -> flatten -> dense 32 -> tanh -> dense num_classes (softmax).
+    pool_stride=1 (the paper's): (13, 13, 16) -> (5, 5, 32) -> (4, 4, 32) -> 512 features,
+    26,010 parameters for 10 classes. pool_stride=2 (tiling 2x2/2 pools, the composition of
+    docs/xla_traps.md section 6): (7, 7, 16) -> (2, 2, 32) -> (1, 1, 32) -> 32 features.
+    Layers conv1, tanh1, pool1, conv2, tanh2, pool2, flatten, dense1, tanh3, dense2.
+    """
+    if isinstance(pool_stride, bool) or not isinstance(pool_stride, int) or pool_stride < 1:
+        raise ValueError(f"tempered_cnn: pool_stride must be an int >= 1; got {pool_stride!r}")
+    return Network("tempered_cnn", [
+        Conv2D(16, 8, stride=2, padding="SAME", impl=impl, name="conv1"), Tanh(name="tanh1"),
+        MaxPool(2, pool_stride, name="pool1"),
+        Conv2D(32, 4, stride=2, impl=impl, name="conv2"), Tanh(name="tanh2"),
+        MaxPool(2, pool_stride, name="pool2"),
+        Flatten(), Dense(32, name="dense1"), Tanh(name="tanh3"), Dense(num_classes, name="dense2"),
+    ], input_shape, SOFTMAX)
 
 
 # ----------------------------------------------------------------------------- ResNet-20
@@ -288,7 +314,7 @@ def cnn3d(num_classes: int = 3, input_shape: tuple[int, int, int, int] = (16, 16
 
 
 __all__ = ["IMPLS", "MODELS", "NORMS", "cifar_cnn", "cnn1d", "cnn3d", "deep_cnn", "get",
-           "lenet5", "lenet5_digits", "resnet20", "seed_cnn", "unet"]
+           "lenet5", "lenet5_digits", "resnet20", "seed_cnn", "tempered_cnn", "unet"]
 
 MODELS: dict[str, Callable[..., Network]] = {
     "seed": seed_cnn,
@@ -298,6 +324,7 @@ MODELS: dict[str, Callable[..., Network]] = {
     "deep-digits": lambda **kw: deep_cnn((8, 8, 1), **kw),
     "cifar": cifar_cnn,
     "cifar-gn": lambda **kw: cifar_cnn(norm="group", **kw),
+    "tempered": tempered_cnn,
     "resnet20": resnet20,
     "resnet20-gn": lambda **kw: resnet20(norm="group", **kw),
     # for --data shapes: background, disc, square (jaxcnn.training.synthetic.SHAPE_CLASSES)

@@ -11,7 +11,7 @@ state (BatchNorm running averages) is a separate dict, never mixed into the para
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import _geometry
+from jaxcnn.nn import _trees
 from jaxcnn.nn.heads import (  # noqa: F401  the heads are part of this module's names
     BINARY,
     BINARY_KINDS,
@@ -36,11 +37,6 @@ Array = jax.Array
 Params = dict[str, dict[str, Array]]
 State = dict[str, dict[str, Array]]
 Shapes = dict[str, dict[str, Any]]  # {layer name: {leaf name: shape, or a nested dict of them}}
-
-
-def _needs(leaves: dict[str, Any]) -> str:
-    """'w' (3, 3, 1, 1), 'b' (1,): what a layer's entry must hold."""
-    return ", ".join(f"{k!r} {v}" for k, v in leaves.items())
 
 
 LAYOUTS = {2: "(N, W, C)", 3: "(N, H, W, C)", 4: "(N, D, H, W, C)"}
@@ -121,14 +117,16 @@ class Network:
 
     # ------------------------------------------------------------------ checks
     def check_input(self, x: Any) -> None:
-        """x must be (N, *input_shape) of a floating dtype: (N, H, W, C) images, (N, W, C)
-        signals or (N, D, H, W, C) volumes.
+        """x must be (N, *input_shape) with N >= 1, of a real floating dtype: (N, H, W, C)
+        images, (N, W, C) signals or (N, D, H, W, C) volumes. Every path checks it (`forward`,
+        hence the manual and autodiff gradients, training, the per-example and DP sums).
 
         Args:
           x: the inputs.
 
         Raises:
-          TypeError: x is not an array, or not floating; ValueError: x has the wrong shape.
+          TypeError: x is not an array, or not of a real floating dtype (complex included).
+          ValueError: x has the wrong shape, or no examples (N = 0: the mean loss would be 0/0).
         """
         _geometry.array(self.name, "x", x)
         if len(x.shape) != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
@@ -137,6 +135,9 @@ class Network:
             what = "images" if len(self.input_shape) == 3 else "inputs"
             raise ValueError(f"{self.name} expects {what} of shape (N, {dims}) {axes}; "
                              f"got x with shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{self.name}: x holds no examples (shape {tuple(x.shape)}); N must "
+                             f"be >= 1, the loss being a mean over the batch")
 
     def check_params(self, params: Any, dtype: Any = None) -> None:
         """params must have exactly the structure `init` returns, every leaf of its shape.
@@ -159,7 +160,8 @@ class Network:
             Each message names the path, e.g. `seed_cnn: params['conv']['w'] has shape
             (5, 5, 1, 1) but the layer needs (3, 3, 1, 1)`.
         """
-        self._check_tree("params", params, self.param_shapes, dtype, partial=False)
+        _trees.check_tree(self.name, self._kinds, "params", params, self.param_shapes, dtype,
+                          partial=False)
 
     def check_state(self, state: Any, dtype: Any = None) -> None:
         """state (BatchNorm's running averages) must be a dict {layer name: {leaf: array}} as
@@ -173,72 +175,8 @@ class Network:
           TypeError / ValueError: as `check_params`, naming the path, e.g.
             `state['bn1']['mean']`.
         """
-        self._check_tree("state", state, self.state_shapes, dtype, partial=True)
-
-    def _check_tree(self, what: str, tree: Any, expected: Shapes, dtype: Any,
-                    partial: bool) -> None:
-        """The check behind `check_params` (partial=False: every layer and leaf required) and
-        `check_state` (partial=True: a layer may be absent or {}, else complete)."""
-        name, kinds = self.name, self._kinds
-        if not isinstance(tree, Mapping):
-            raise TypeError(f"{name}: {what} must be a dict {{layer name: {{leaf name: array}}}} "
-                            f"as {'init' if what == 'params' else 'init_state'} returns; got "
-                            f"{type(tree).__name__}")
-        owners = ", ".join(map(repr, expected)) or "none"
-        noun = "parameters" if what == "params" else "state"
-        for layer in tree:
-            if layer in expected:
-                continue
-            if layer in kinds:
-                raise ValueError(f"{name}: {what}[{layer!r}] is given but layer {layer!r} "
-                                 f"({kinds[layer]}) has no {noun}")
-            raise ValueError(f"{name}: {what}[{layer!r}] names no layer of this model; the layers "
-                             f"with {what} are {owners}")
-
-        for layer, leaves in expected.items():
-            if layer not in tree:
-                if partial:
-                    continue
-                raise ValueError(f"{name}: {what}[{layer!r}] is missing; layer {layer!r} "
-                                 f"({kinds[layer]}) needs {_needs(leaves)}")
-            self._check_entry(f"{what}[{layer!r}]", tree[layer], leaves, layer, dtype, partial)
-
-    def _check_entry(self, path: str, entry: Any, leaves: dict[str, Any], layer: str, dtype: Any,
-                     partial: bool) -> None:
-        """One layer's entry (or, inside a block, one sub-layer's) against its expected shapes;
-        a nested dict of shapes is checked the same way, one level down."""
-        name, kind = self.name, self._kinds[layer]
-        if not isinstance(entry, Mapping):
-            raise TypeError(f"{name}: {path} must be a dict of arrays "
-                            f"({', '.join(map(repr, leaves))}); got {type(entry).__name__}")
-        if partial and not entry:
-            return
-        for leaf in entry:
-            if leaf not in leaves:
-                raise ValueError(f"{name}: {path}[{leaf!r}] is not a leaf of layer {layer!r} "
-                                 f"({kind}), which has {', '.join(map(repr, leaves))}")
-        for leaf, shape in leaves.items():
-            sub = f"{path}[{leaf!r}]"
-            if leaf not in entry:
-                if partial and isinstance(shape, dict):
-                    continue  # a sub-layer's state left out: it starts from its initial one
-                raise ValueError(f"{name}: {sub} is missing; layer {layer!r} ({kind}) needs "
-                                 f"{_needs(leaves)}")
-            if isinstance(shape, dict):
-                self._check_entry(sub, entry[leaf], shape, layer, dtype, partial)
-                continue
-            v = entry[leaf]
-            if not hasattr(v, "shape") or not hasattr(v, "dtype"):
-                raise TypeError(f"{name}: {sub} must be an array of shape {shape}; got "
-                                f"{type(v).__name__}")
-            if not jnp.issubdtype(v.dtype, jnp.floating):
-                raise TypeError(f"{name}: {sub} must have a floating dtype; got {v.dtype}")
-            if dtype is not None and jnp.dtype(v.dtype) != jnp.dtype(dtype):
-                raise TypeError(f"{name}: {sub} is {v.dtype} but x is {jnp.dtype(dtype)}; "
-                                f"the network computes in one dtype (init it with x's)")
-            if tuple(v.shape) != shape:
-                raise ValueError(f"{name}: {sub} has shape {tuple(v.shape)} but the layer "
-                                 f"needs {shape}")
+        _trees.check_tree(self.name, self._kinds, "state", state, self.state_shapes, dtype,
+                          partial=True)
 
     def check_labels(self, x: Any, y: Any) -> None:
         """y must be the head's labels (`Head.label_shape`): (N,) 0./1. floats for a binary

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import _bounds
 from jaxcnn.nn import grads, models
 from jaxcnn.nn.layers import CONV_OPS
 from jaxcnn.nn.network import Network
@@ -38,6 +39,30 @@ NETWORKS = (("seed", 1), ("seed", 1024), ("lenet5", 128), ("cifar", 64), ("deep"
 # --precision: what every product of the benchmarked steps runs at (jaxcnn's own default is
 # HIGHEST; "default" is the backend's fastest float32 mode, TF32 on recent NVIDIA GPUs).
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": jax.lax.Precision.DEFAULT}
+# The largest batch timed: the defaults reach 1024, and the per-example table's loop makes one
+# jitted call per example (about 0.1 ms each on the CPU), every round: 65536 examples are seconds
+# a call. Past it, past int32 elements or past the device's memory, a batch is refused (ValueError)
+# before anything is built.
+MAX_BATCH = 2**16
+
+
+def check_batch(name: str, model: Network, batch: int, per_example: bool = False) -> None:
+    """Refuse a batch past `MAX_BATCH`, or whose activations (and per-example gradients, one
+    set of parameters per example) pass `_bounds.MAX_ELEMENTS` per array or the device's memory.
+
+    Args:
+      name: the network as --networks names it; model: it, built; batch: the batch size;
+      per_example: whether the per-example gradients are timed too.
+
+    Raises:
+      ValueError: naming `--networks NAME:BATCH`, quoting the batch and the bound it passes.
+    """
+    shapes = [model.input_shape, *model.shapes]
+    if per_example:
+        shapes.append((sum(int(np.prod(s)) for s in jax.tree.leaves(
+            model.param_shapes, is_leaf=lambda v: isinstance(v, tuple))),))
+    _bounds.batch("bench", f"--networks {name}:{batch}: batch", batch, shapes, 4, MAX_BATCH,
+                  "bench.MAX_BATCH: the per-example loop makes one call per example")
 
 
 # ----------------------------------------------------------------------------- what a step costs
@@ -140,6 +165,7 @@ def ratios(a: list[float], b: list[float]) -> dict[str, float]:
 def example_batch(model: Network, n: int) -> tuple[Any, Any]:
     """A fixed random float32 batch x (n, *model.input_shape) with valid labels y of the head's
     label shape ((n,), or (n, H, W) class ids for the U-Net's per-pixel head)."""
+    check_batch(model.name, model, n)
     x = jax.random.normal(jax.random.key(1), (n, *model.input_shape), jnp.float32)
     y = model.head.random_labels(np.random.default_rng(1), n, model.output_shape, np.float32)
     return x, jnp.asarray(y)
@@ -248,6 +274,7 @@ def run(networks: tuple[tuple[str, int], ...] = NETWORKS, *, impls: tuple[str, .
                 or batch < 1:
             raise ValueError(f"--networks: {name}:{batch} must be NAME:BATCH with NAME one of "
                              f"{', '.join(models.MODELS)} and BATCH >= 1")
+        check_batch(name, models.get(name), batch, per_example)
     if not impls or not set(impls) <= set(models.IMPLS):
         raise ValueError(f"--impl must list {', '.join(models.IMPLS)}; got {','.join(impls)!r}")
     if against_torch:  # ImportError (how to install it) now, before any work

@@ -15,24 +15,29 @@ library returning the exit status) and `register` them at the bottom of this fil
 Exit status: 0 on success, 1 when a check fails or training stops (divergence), 2 on bad input
 (one line on stderr, naming the argument, path or file; argparse's usage errors included), 130 on
 Ctrl-C (the shell's 128 + SIGINT; `jaxcnn train` says after which step and from which checkpoint
-`--resume` continues). A closed stdout (`jaxcnn train | head -1`) does not stop a command: the
-rest of its output is dropped.
+`--resume` continues). A closed stdout or stderr (`jaxcnn train 2>&1 | head -1`) neither stops a
+command nor changes its exit status: the rest of its output is dropped.
+
+Run as a program (`main()` with no argv: the `jaxcnn` script, `python -m jaxcnn.tools.cli`), the
+command keeps XLA's C++ log lines off the terminal (jax's `jax_logging_level` CRITICAL: notes such
+as "Constant folding an instruction is taking > 1s", which XLA logs at ERROR level, are not
+errors; real errors still arrive as Python exceptions), unless TF_CPP_MIN_LOG_LEVEL or
+JAX_LOGGING_LEVEL is set in the environment, whose choice then holds.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from jaxcnn.nn import grads, lookup, models
+from jaxcnn.tools import _terminal as terminal
 from jaxcnn.tools import (
     bench,
     bench_dp,
@@ -42,8 +47,9 @@ from jaxcnn.tools import (
     walkthrough,
     walkthrough_residual,
 )
-from jaxcnn.training import optim
+from jaxcnn.training import dp, optim
 from jaxcnn.training import run as trainer
+from jaxcnn.training.per_example import has_batchnorm
 
 
 class Command(NamedTuple):
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `jaxcnn` parser with one subparser per registered command."""
     parser = _Parser(
         prog="jaxcnn", description="CNNs whose every gradient is written by hand in JAX.")
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in COMMANDS.items():
         cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help,
@@ -88,8 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """What `jaxcnn --version` prints.
+
+    Returns:
+      "jaxcnn <version>", from `jaxcnn.__version__`. The package root is read, not imported: it
+      sits above the tools (docs/design.md), and is always imported before this module.
+    """
+    return f"jaxcnn {sys.modules['jaxcnn'].__version__}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line `argv` (default: sys.argv[1:]).
+    """Run the command line `argv` (default: sys.argv[1:], as a program: see the module
+    docstring for XLA's log lines).
 
     Args:
       argv: the arguments after `jaxcnn`.
@@ -97,54 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
       the exit status (see the module docstring).
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error argparse already reported (2)
-        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
-    try:
-        return COMMANDS[args.command].run(args)
-    except KeyboardInterrupt:
-        print(f"jaxcnn {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `jaxcnn ... | head`: stop quietly, the reader has gone
-        _stdout_to_devnull()
-        return 0
-    except (ValueError, OSError) as e:
-        print(f"jaxcnn {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    finally:
+    if argv is None:
+        terminal.quiet_xla_logs()
+    with terminal.readers_may_leave():
+        parser = build_parser()
         try:
-            sys.stdout.flush()
-        except BrokenPipeError:
-            _stdout_to_devnull()
-
-
-def _stdout_to_devnull() -> None:
-    """Point file descriptor 1 at /dev/null, so that nothing more (the interpreter's last flush
-    included) fails on a pipe whose reader has gone."""
-    with contextlib.suppress(AttributeError, OSError, ValueError):  # no real fd (a test's)
-        fd = sys.stdout.fileno()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
-
-
-def _say() -> Callable[[str], None]:
-    """print, flushed line by line; once the reader of stdout has gone, silent."""
-    gone = False
-
-    def say(line: str) -> None:
-        nonlocal gone
-        if gone:
-            return
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version (0) or a usage error already reported (2)
+            return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
         try:
-            print(line, flush=True)
-        except BrokenPipeError:
-            gone = True
-            _stdout_to_devnull()
-
-    return say
+            return COMMANDS[args.command].run(args)
+        except KeyboardInterrupt:
+            print(f"jaxcnn {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except (ValueError, OSError) as e:
+            print(f"jaxcnn {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -167,6 +153,24 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 SEED = _int_in(0, trainer.MAX_SEED)  # NumPy's and scikit-learn's seeds end at 2**32 - 1
 POSITIVE = _int_in(1)
+
+
+def _label(text: str) -> int:
+    """An argparse type: the label 0 or 1.
+
+    Args:
+      text: the argument ("0", "1", "0.0", "1.0", ...).
+
+    Returns:
+      0 or 1, an int (so that --help shows "default: 1", not 1.0).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value not in (0, 1):
+        raise argparse.ArgumentTypeError(f"must be 0 or 1; got {text!r}")
+    return int(value)
 
 
 def _finite_non_negative(text: str) -> float:
@@ -196,8 +200,8 @@ def _walkthrough_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=SEED, default=0,
                    help="PRNG seed of the parameters and of the default image (residual: of "
                    "the input)")
-    p.add_argument("--label", type=float, default=1.0, metavar="{0,1}",
-                   help="the true label Y (seed block only)")
+    p.add_argument("--label", type=_label, default=None, metavar="{0,1}",
+                   help="the true label Y, 0 or 1 (seed block only; default: 1)")
     p.add_argument("--image", metavar="FILE.npy",
                    help="a 6x6 (or 6x6x1) image to use instead (seed block only)")
     p.add_argument("--plot", metavar="FILE.png",
@@ -210,7 +214,7 @@ def _walkthrough(args: argparse.Namespace) -> int:
         return _walkthrough_residual(args)
     _check_parent("--plot", args.plot)
     image = None if args.image is None else walkthrough.load_image(args.image)
-    result = walkthrough.run(args.seed, args.label, image)
+    result = walkthrough.run(args.seed, 1 if args.label is None else args.label, image)
     if args.plot:
         walkthrough.plot(result, args.plot)
     if args.json:
@@ -223,7 +227,7 @@ def _walkthrough(args: argparse.Namespace) -> int:
 
 
 def _walkthrough_residual(args: argparse.Namespace) -> int:
-    for flag, given in (("--label", args.label != 1.0), ("--image", args.image is not None),
+    for flag, given in (("--label", args.label is not None), ("--image", args.image is not None),
                         ("--plot", args.plot is not None)):
         if given:
             raise ValueError(f"{flag} applies to --block seed only; --block residual takes "
@@ -282,7 +286,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule over the whole run")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
     p.add_argument("--epochs", type=int, default=d.epochs,
-                   help="passes over the training set (the one setting --resume may change)")
+                   help="passes over the training set (--resume may change it only with "
+                   "--schedule constant: cosine is laid out over all the epochs)")
     p.add_argument("--clip", type=float, default=None, help="clip gradients to this global norm")
     p.add_argument("--seed", type=SEED, default=d.seed,
                    help="PRNG seed of the parameters, the batch order and dropout")
@@ -301,22 +306,36 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="compare manual and autodiff gradients on the first batch first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dp-clip", type=float, default=None, metavar="C",
-                   help="DP-SGD: clip each example's gradient to norm C (with --dp-noise; "
-                   "GroupNorm or norm-free models: resnet20-gn, cifar-gn, cnn1d, ...)")
+                   help="DP-SGD: clip each example's gradient to norm C, finite and > 0 (with "
+                   "--dp-noise; GroupNorm or norm-free models: resnet20-gn, cifar-gn, cnn1d, "
+                   "...). With adam, C sets only the gradients' scale: 1 is fine")
     p.add_argument("--dp-noise", type=float, default=None, metavar="SIGMA",
-                   help="DP-SGD: Gaussian noise of std SIGMA * C on the clipped sum; batches "
-                   "are Poisson samples of rate --batch-size / n")
-    p.add_argument("--dp-delta", type=float, default=d.dp_delta, metavar="DELTA",
-                   help="DP-SGD: the delta of the epsilon reported after each epoch (RDP)")
+                   help=f"DP-SGD: Gaussian noise of std SIGMA * C on the clipped sum; batches "
+                   f"are Poisson samples of rate --batch-size / n. 0 (no noise, no privacy: "
+                   f"epsilon is recorded as null) or {dp.NOISE_RANGE[0]:g}..{dp.NOISE_RANGE[1]:g}, "
+                   f"where the accountant answers. "
+                   "The noise wants a larger --lr than the default: cnn1d on signals, 5 epochs, "
+                   "--lr 5e-2 --dp-clip 1 --dp-noise 1.1 reached 93-95%% test accuracy at "
+                   "epsilon 2.5 (three seeds), against 47%% with --lr 2e-3 and 96%% without "
+                   "privacy")
+    p.add_argument("--dp-delta", type=float, default=None, metavar="DELTA",
+                   help=f"DP-SGD: the delta of the epsilon reported after each epoch (RDP; "
+                   f"default: {d.dp_delta:g}; with --dp-clip only)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = trainer.TrainConfig(**{f.name: getattr(args, f.name)
+    if args.dp_delta is not None and args.dp_clip is None:
+        raise ValueError(f"--dp-delta {args.dp_delta:g} applies to DP-SGD runs only (the delta of "
+                         f"the epsilon they report); add --dp-clip C --dp-noise SIGMA, or leave "
+                         f"it out")
+    cfg = trainer.TrainConfig(**{f.name: getattr(args, f.name)  # None: the config's default
                                  for f in dataclasses.fields(trainer.TrainConfig)
-                                 if hasattr(args, f.name)})
+                                 if getattr(args, f.name, None) is not None})
     cfg.validate()
     model = lookup.model(cfg.model, impl=args.impl)
-    say = _say()
+    if cfg.private and has_batchnorm(model):
+        raise ValueError(_batchnorm_refusal(cfg.model))
+    say = terminal.say  # stdout's reader may leave (`readers_may_leave`): the run goes on
     try:
         summary = trainer.fit(cfg, args.out, model=model, resume=args.resume,
                               overwrite=args.overwrite, progress=not args.quiet, log=say)
@@ -332,6 +351,24 @@ def _train(args: argparse.Namespace) -> int:
         say(f"test accuracy {summary['test_accuracy']:.4f}{iou} after {summary['epoch']} "
             f"epochs ({summary['seconds']:.1f} s of training); results in {args.out}")
     return 0
+
+
+def _batchnorm_refusal(spec: str) -> str:
+    """The DP refusal of a BatchNorm model in the command line's terms: its --model names, not
+    the library's `resnet20(norm="group")`.
+
+    Args:
+      spec: the --model given.
+
+    Returns:
+      the one-line message, naming the GroupNorm twin `<spec>-gn` where one is registered.
+    """
+    twins = [name for name in models.MODELS if name.endswith("-gn")]
+    instead = (f"use --model {spec}-gn, its GroupNorm twin" if f"{spec}-gn" in models.MODELS
+               else f"use a model without it, e.g. --model {' or '.join(twins)} (GroupNorm) or "
+                    f"cnn1d")
+    return (f"--dp-clip: --model {spec} has BatchNorm, whose batch statistics mix the examples "
+            f"in training mode, so no example has a gradient of its own to clip; {instead}")
 
 
 # ----------------------------------------------------------------------------- bench

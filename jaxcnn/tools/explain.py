@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import textwrap
 from typing import Any
@@ -26,11 +27,17 @@ from jax import lax
 
 from jaxcnn import _geometry, backward, forward
 from jaxcnn.backward import conv as conv_rules
-from jaxcnn.backward import pool as pool_rules
 
 CONV_OPS = ("conv2d", "convolve2d")
 POOL_OPS = ("max_pool", "avg_pool", "l2_pool")
 TOL, FD_TOL = 1e-9, 1e-6  # the largest relative error a pass allows; central differences
+# What the check may compute with: it builds real float64 arrays and loops over the window offsets
+# in Python (the NumPy references; the pool rules unroll one tap per offset), so a configuration
+# past these is refused (ValueError naming the flags) before anything is allocated.
+MAX_ELEMENTS = 2**22    # per array (x, padded x, w, y): 32 MiB of float64
+MAX_OFFSETS = 1024      # kernel or window offsets (kh kw; a conv's times groups): a 32x32 window
+MAX_TAPS = 2**24        # a pool's offsets x output elements: the NumPy reference holds every tap
+MAX_MACS = 2**30        # a conv's multiply-adds, |y| kh kw C_in / groups: each check repeats them
 ROUTING = {
     "max_pool": "each window's dy goes to its maximum, the rest get zero; on ties the first "
                 "maximum in row-major window order takes it all (as XLA's select-and-scatter, "
@@ -58,7 +65,10 @@ def explain_conv(op: str, input_hwc: tuple[int, int, int], kernel_hw: tuple[int,
     (h, wd, c), (kh, kw) = input_hwc, kernel_hw
     x = jax.ShapeDtypeStruct((batch, h, wd, c), np.float64)
     w = jax.ShapeDtypeStruct((kh, kw, c // max(groups, 1), filters), np.float64)
+    _sizes(op, {"x": x.shape, "w": w.shape})
     g = _geometry.conv(op, x, w, stride, padding, dilation, groups)  # the library's own errors
+    _sizes(op, {"padded x": _padded(x.shape, g.win), "y": g.out_shape},
+           offsets=kh * kw * g.groups, macs=math.prod(g.out_shape) * kh * kw * c // g.groups)
     dxp, dwp = conv_rules.dx_conv_params(g), conv_rules.dw_conv_params(g)
     spread_apart = bool(dxp.pop("spread_apart"))
     d = _common(op, "conv", g.win, padding, x.shape, g.out_shape)
@@ -98,18 +108,59 @@ def explain_pool(op: str, input_hwc: tuple[int, int, int], window: Any, stride: 
       tiles, overlap (per axis), routing.
     """
     h, wd, c = input_hwc
+    _sizes(op, {"x": (batch, h, wd, c)})
     win = _geometry.pool(op, jax.ShapeDtypeStruct((batch, h, wd, c), np.float64), window,
                          stride, padding)
+    y_size = batch * math.prod(win.out_hw) * c
+    _sizes(op, {"padded x": _padded((batch, h, wd, c), win), "y": (batch, *win.out_hw, c)},
+           offsets=math.prod(win.size), taps=math.prod(win.size) * y_size)
     d = _common(op, "pool", win, padding, (batch, h, wd, c), (batch, *win.out_hw, c))
     d["config"]["window"] = list(win.size)
     d["window_area"] = win.size[0] * win.size[1]
     if op == "avg_pool":
         d["config"]["count_include_pad"] = count_include_pad
         d["counts"] = _geometry.window_counts(win, count_include_pad)[0, :, :, 0].tolist()
-    d["tiles"] = bool(pool_rules._tiles(win))  # the very predicate max_pool's rule routes by
+    d["tiles"] = win.stride == win.size and all(lo == hi == 0 for lo, hi in win.pads)
     d["overlap"] = [s < k for s, k in zip(win.stride, win.size)]
     d["routing"] = ROUTING[op]
     return d
+
+
+FLAGS = {"x": "--batch or --input", "padded x": "--padding", "w": "--kernel or --filters",
+         "y": "--batch, --input, --filters or --stride"}
+
+
+def _sizes(op: str, shapes: dict[str, tuple[int, ...]], offsets: int = 0, taps: int = 0,
+           macs: int = 0) -> None:
+    """Refuse a configuration whose check would compute past `MAX_ELEMENTS` (per array),
+    `MAX_OFFSETS`, `MAX_TAPS` or `MAX_MACS`, before anything is allocated.
+
+    Args:
+      op: the op explained; shapes: {name in FLAGS: the array's shape}; offsets: the window (or
+        kernel, times groups) offsets; taps: a pool's offsets x output elements; macs: a conv's
+        multiply-adds.
+
+    Raises:
+      ValueError: naming the flags that set it, quoting the count and the bound.
+    """
+    for name, shape in shapes.items():
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ValueError(f"explain {op}: {name} {tuple(shape)} would hold "
+                             f"{math.prod(shape):,} elements; the check computes on real "
+                             f"float64 arrays of at most {MAX_ELEMENTS:,} (explain.MAX_ELEMENTS): "
+                             f"lower {FLAGS[name]}")
+    for what, count, bound, name, flags in (
+            ("window offsets", offsets, MAX_OFFSETS, "MAX_OFFSETS", "--kernel, --window, --groups"),
+            ("tap elements (offsets x outputs)", taps, MAX_TAPS, "MAX_TAPS", "--window, --batch"),
+            ("multiply-adds", macs, MAX_MACS, "MAX_MACS", "--batch, --input, --filters")):
+        if count > bound:
+            raise ValueError(f"explain {op}: the check would take {count:,} {what}; at most "
+                             f"{bound:,} (explain.{name}): lower {flags}")
+
+
+def _padded(x_shape: tuple[int, ...], win: _geometry.Window) -> tuple[int, ...]:
+    """(N, H + lo + hi, W + lo + hi, C): the padded copy of x the NumPy references make."""
+    return (x_shape[0], *(n + lo + hi for n, (lo, hi) in zip(x_shape[1:3], win.pads)), x_shape[3])
 
 
 def _common(op: str, kind: str, win: _geometry.Window, padding: Any, x_shape: tuple[int, ...],
@@ -131,13 +182,12 @@ def _axis(i: int, win: _geometry.Window, padding: Any, conv: bool) -> dict[str, 
     how, (lo, hi) = _resolve_pad(i, padding, n, e, s)
     o = (n + lo + hi - e) // s + 1
     o_s = (o - 1) * s + 1
-    read = {r * s + m * dl - lo for r in range(o) for m in range(k)}
     ax = dict(axis=a, size=n, k=k, s=s, d=dl, k_eff=e, lo=lo, hi=hi, O=o, O_s=o_s, padding=how,
               formulas=[f"k_eff = (k - 1) * d + 1 = ({k} - 1) * {dl} + 1 = {e}",
                         f"O = ({a} + lo + hi - k_eff) // s + 1 = ({n} + {lo} + {hi} - {e}) // "
                         f"{s} + 1 = {o}",
                         f"O_s = (O - 1) * s + 1 = ({o} - 1) * {s} + 1 = {o_s}"],
-              unread=[r for r in range(n) if r not in read])
+              unread=_unread(n, k, s, dl, lo, o))
     if conv:
         ax["dx_pad"], ax["dw_pad"] = [e - 1 - lo, n - o_s + lo], [lo, o_s - n + e - 1 - lo]
         ax["dx_pad_formula"] = (f"(k_eff - 1 - lo, {a} - O_s + lo) = ({e} - 1 - {lo}, {n} - "
@@ -146,6 +196,29 @@ def _axis(i: int, win: _geometry.Window, padding: Any, conv: bool) -> dict[str, 
                                 f"- 1 - {lo}) = ({lo}, {o_s - n + e - 1 - lo})")
         ax["dw_cropped"] = list(range(n + ax["dw_pad"][1], n))  # a negative high pad crops
     return ax
+
+
+def _unread(n: int, k: int, s: int, dl: int, lo: int, o: int) -> list[int]:
+    """The rows of [0, n) that no window reads, by arithmetic in O(n + k), never the O(O k) set.
+
+    Offset m reads rows `a + i s` (a = m d - lo, i < O): one run of a residue class mod s. With
+    the rows laid out as (class c < s, q) for row c + q s, each offset adds +1 at its first q and
+    -1 past its last in its class's row of a difference array; a row no run covers is unread.
+    """
+    classes, per = min(s, n), -(-n // s)
+    cover = np.zeros((classes, per + 1), np.int64)
+    for m in range(k):
+        a = m * dl - lo
+        first = a if a >= 0 else a + -(a // s) * s   # the first row >= 0 of the run
+        if n - 1 < a:
+            break  # the runs only start later with m
+        last = a + min(o - 1, (n - 1 - a) // s) * s   # the last row < n of the run
+        if first <= last:
+            cover[first % s, first // s] += 1
+            cover[first % s, last // s + 1] -= 1
+    covered = np.cumsum(cover, axis=1)[:, :per] > 0
+    rows = np.arange(classes)[:, None] + np.arange(per)[None, :] * s
+    return sorted(rows[~covered & (rows < n)].tolist())
 
 
 def _resolve_pad(i: int, padding: Any, n: int, e: int, s: int) -> tuple[str, tuple[int, int]]:
@@ -395,10 +468,10 @@ def _pool_text(d: dict[str, Any]) -> list[str]:
     out += [f"  {a['axis']}: stride {a['s']} " + (f"< window {a['k']}: windows overlap, and "
             f"their contributions add" if over else f">= window {a['k']}: no overlap")
             for a, over in zip(d["axes"], d["overlap"])]
-    out += _wrap("the windows tile the input (stride = window, no padding): max_pool's rule "
-                 "reads them off an (N, O_h, k_h, O_w, k_w, C) view (the fast routing path)"
-                 if d["tiles"] else "the windows do not tile: the rule sums strided taps and "
-                 "interior-padded spreads, offset by offset", 2)
+    out += _wrap(("the windows tile the input (stride = window, no padding): each element is "
+                  "read by at most one window. " if d["tiles"] else "the windows do not tile. ")
+                 + "The rule reads each window offset's strided tap, decides the winners among "
+                 "the taps, and sums the interior-padded spreads, offset by offset", 2)
     return out + _wrap(f"routing: {d['routing']}", 2)
 
 

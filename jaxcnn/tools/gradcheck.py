@@ -2,12 +2,15 @@
 
 A proof tool that cannot pass a wrong answer: a row passes only when every value it involves is
 finite (the loss, the manual, autodiff and finite-difference gradients) and within tolerance;
-`sabotage` runs the check with a deliberately wrong rule, to see it fail.
+`sabotage` runs the check with a deliberately wrong rule, to see it fail. Nor can it fail a right
+one: a finite-difference coordinate whose +-h steps straddle a kink (a ReLU's sign or a max
+pool's winner changes between them) measures no gradient, so it is not evaluated, and counted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
@@ -16,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import backward
+from jaxcnn import _bounds, backward
 from jaxcnn.nn import grads, lookup
 from jaxcnn.nn.grads import TOLERANCES  # (vs autodiff, vs finite differences) per dtype
 from jaxcnn.nn.network import LAYOUTS
@@ -24,6 +27,10 @@ from jaxcnn.nn.network import LAYOUTS
 # the rules `sabotage` can break: every function of jaxcnn.backward that returns gradients
 RULES = tuple(name for name in backward.__all__ if name != "moments")
 SABOTAGE_FACTOR = 10  # a sabotaged rule is off by this many times the tolerance vs autodiff
+# The largest --batch: a check needs a few examples (4 by default), not a data set, and every
+# finite-difference coordinate drawn (8 per leaf by default) runs two float64 forward passes of
+# the whole batch. Past it, or past the device's memory, it is refused before anything is built.
+MAX_BATCH = 1024
 
 
 class LeafCheck(NamedTuple):
@@ -34,6 +41,7 @@ class LeafCheck(NamedTuple):
     cosine: float | None      # cosine(manual, autodiff); None for the loss
     finite: bool              # every value involved is finite (and something was compared)
     ok: bool                  # finite and within both tolerances
+    kinks: int | None = None  # finite-difference coordinates drawn but not evaluated: at kinks
 
 
 def _count(name: str, flag: str, value: Any, minimum: int) -> int:
@@ -47,8 +55,9 @@ def _count(name: str, flag: str, value: Any, minimum: int) -> int:
 @contextlib.contextmanager
 def sabotaged(rule: str | None, factor: float) -> Iterator[list[int]]:
     """Within the block, `jaxcnn.backward.<rule>` returns every gradient times `factor` (the
-    layers and loss heads look their rules up there at each call); yields a one-element list
-    counting the calls. Restored on exit. rule None: nothing changes."""
+    loss heads and the layers with parameters look their rules up there at each call, the
+    layers without take theirs when built: build the model inside the block); yields a
+    one-element list counting the calls. Restored on exit. rule None: nothing changes."""
     calls = [0]
     if rule is None:
         yield calls
@@ -97,6 +106,8 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     model = lookup.model(name)
+    _bounds.batch("gradcheck", "batch (--batch)", batch, [model.input_shape, *model.shapes],
+                  jnp.dtype(dtype).itemsize, MAX_BATCH, _CAP, copies=2)  # manual and autodiff
     tol_ad, tol_fd = TOLERANCES[dtype]
     params, state, x, y, k_drop = _check_point(model, jnp.dtype(dtype), batch, seed, jitter)
     key = k_drop if train else None  # one dropout key for all three gradients
@@ -104,23 +115,35 @@ def gradcheck(name: str, dtype: str = "float64", batch: int = 4, seed: int = 0,
     # compiled once each: far faster than op-by-op dispatch on the bigger models
     factor = 1 + SABOTAGE_FACTOR * tol_ad
     with sabotaged(sabotage, factor) as calls:
-        loss_m, manual = jax.jit(partial(grads.manual_grad, model, train=train))(
+        # built inside the block: a layer without parameters takes its rule when it is built
+        wrong = model if sabotage is None else lookup.model(name)
+        loss_m, manual = jax.jit(partial(grads.manual_grad, wrong, train=train))(
             params, x, y, state=state, key=key)
     if sabotage is not None and not calls[0]:
         raise ValueError(f"gradcheck: sabotage={sabotage!r}: {model.name} never calls "
                          f"jaxcnn.backward.{sabotage}, so sabotaging it would change nothing")
     loss_a, auto = jax.jit(partial(grads.autodiff_grad, model, train=train))(
         params, x, y, state=state, key=key)
-    vs_fd: list[grads.LeafDiff | None] = [None] * len(jax.tree.leaves(params))
+    vs_fd, kinks = [None] * len(jax.tree.leaves(params)), None
     if tol_fd is not None:
-        fd, evaluated = grads.finite_difference_grad(model, params, x, y, max_per_leaf=fd_per_leaf,
-                                                     seed=seed, return_mask=True, **kw)
-        vs_fd = list(grads.compare(manual, fd, mask=evaluated))
+        vs_fd, kinks = _vs_fd(model, params, manual, x, y, fd_per_leaf, seed, kw)
     rows = [_loss_row(float(loss_m), float(loss_a), tol_ad),
-            *_leaf_rows(grads.compare(manual, auto), vs_fd, tol_ad, tol_fd)]
+            *_leaf_rows(grads.compare(manual, auto), vs_fd, tol_ad, tol_fd, kinks)]
     header = _header(model, params, dtype, batch, seed, train, jitter, float(loss_m),
                      float(loss_a), sabotage, factor)
     return rows, header
+
+
+def _vs_fd(model: Any, params: Any, manual: Any, x: Any, y: Any, fd_per_leaf: int, seed: int,
+           kw: dict) -> tuple[list, list[int]]:
+    """Manual against central differences on `fd_per_leaf` random coordinates per leaf: one
+    `LeafDiff` per leaf (over the coordinates evaluated), and per leaf how many of the drawn
+    coordinates were not evaluated because their steps straddle a kink."""
+    fd, evaluated = grads.finite_difference_grad(model, params, x, y, max_per_leaf=fd_per_leaf,
+                                                 seed=seed, return_mask=True, **kw)
+    kinks = [min(p.size, fd_per_leaf) - int(e.sum())
+             for p, e in zip(jax.tree.leaves(params), jax.tree.leaves(evaluated))]
+    return list(grads.compare(manual, fd, mask=evaluated)), kinks
 
 
 def _check_args(dtype: Any, batch: Any, fd_per_leaf: Any, seed: Any, jitter: Any,
@@ -137,10 +160,17 @@ def _check_args(dtype: Any, batch: Any, fd_per_leaf: Any, seed: Any, jitter: Any
     if not (np.isfinite(jitter) and jitter >= 0):
         raise ValueError(f"gradcheck: jitter (--jitter) must be a finite number >= 0 (a "
                          f"standard deviation); got {jitter}")
+    if counts[0] > MAX_BATCH:
+        raise ValueError(f"gradcheck: batch (--batch) {counts[0]:,} is past the cap of "
+                         f"{MAX_BATCH:,} ({_CAP})")
     if sabotage is not None and sabotage not in RULES:
         raise ValueError(f"gradcheck: sabotage must be a rule of jaxcnn.backward, one of "
                          f"{', '.join(RULES)}; got {sabotage!r}")
     return counts
+
+
+_CAP = "gradcheck.MAX_BATCH: a check needs a few examples, and each finite difference runs two " \
+    "forward passes of the whole batch"
 
 
 def _check_point(model: Any, dt: Any, batch: int, seed: int, jitter: float) -> tuple:
@@ -188,14 +218,20 @@ def _header(model: Any, params: Any, dtype: str, batch: int, seed: int, train: b
     return header
 
 
-def _leaf_rows(vs_ad: list, vs_fd: list, tol_ad: float, tol_fd: float | None) -> list:
-    """One `LeafCheck` per leaf from its comparisons with autodiff and finite differences."""
+def _leaf_rows(vs_ad: list, vs_fd: list, tol_ad: float, tol_fd: float | None,
+               kinks: list[int] | None = None) -> list:
+    """One `LeafCheck` per leaf from its comparisons with autodiff and finite differences (and
+    the count of its finite-difference coordinates at kinks). A leaf whose every drawn
+    coordinate sits at a kink (a one-element bias on one) has no finite-difference check: it
+    rests on autodiff, its rel vs fin.diff None; a non-finite manual value still fails it."""
     rows = []
-    for r, rf in zip(vs_ad, vs_fd):
+    for r, rf, k in zip(vs_ad, vs_fd, kinks or [None] * len(vs_ad)):
+        if rf is not None and rf.compared == 0 and rf.nonfinite == 0 and k:
+            rf = None  # nothing to compare: every coordinate drawn is at a kink
         finite = r.finite and (rf is None or rf.finite)
         ok = r.within(tol_ad) and (rf is None or rf.within(tol_fd or 0.0))
         rows.append(LeafCheck(r.path, r.shape, r.max_rel, None if rf is None else rf.max_rel,
-                              r.cosine, finite, ok))
+                              r.cosine, finite, ok, k))
     return rows
 
 
@@ -208,6 +244,23 @@ def _loss_row(manual: float, autodiff: float, tol: float) -> LeafCheck:
 
 def _rel(v: float | None) -> str:
     return "-" if v is None else f"{v:.2e}" if np.isfinite(v) else "non-finite"
+
+
+def _kink_lines(rows: list[LeafCheck], fd_per_leaf: int) -> list[str]:
+    """How many finite-difference coordinates were evaluated, and how many not (at kinks)."""
+    counted = [r for r in rows if r.kinks is not None]
+    if not counted:
+        return []
+    drawn = sum(min(math.prod(r.shape), fd_per_leaf) for r in counted)
+    kinks = sum(r.kinks for r in counted)
+    lines = [f"kinks: {kinks} of the {drawn} finite-difference coordinates drawn were not "
+             f"evaluated, their +-h",
+             "  steps straddling a kink (a ReLU's sign or a max pool's winner differs between "
+             "p - h and p + h)"]
+    if every := sum(1 for r in counted if r.kinks and r.rel_fd is None):
+        lines.append(f"  {every} {'leaf' if every == 1 else 'leaves'} with every coordinate "
+                     f"drawn at a kink: checked against autodiff only")
+    return lines
 
 
 def format_table(rows: list[LeafCheck], header: str, dtype: str, fd_per_leaf: int) -> str:
@@ -224,17 +277,20 @@ def format_table(rows: list[LeafCheck], header: str, dtype: str, fd_per_leaf: in
     wp = max([22, *(len(r.path) for r in rows)])
     ws = max([15, *(len(str(r.shape)) for r in rows)])
     lines = [header, "", f"{'parameter':{wp}} {'shape':>{ws}} {'rel vs autodiff':>16} "
-                         f"{'rel vs fin.diff':>16} {'cosine':>10}"]
+                         f"{'rel vs fin.diff':>16} {'kinks':>6} {'cosine':>10}"]
     for r in rows:
         cosine = "-" if r.cosine is None else f"{r.cosine:10.7f}"
         verdict = "ok" if r.ok else "FAIL" if r.finite else "FAIL (non-finite)"
+        kinks = "-" if r.kinks is None else str(r.kinks)
         lines.append(f"{r.path:{wp}} {r.shape!s:>{ws}} {_rel(r.rel_autodiff):>16} "
-                     f"{_rel(r.rel_fd):>16} {cosine:>10}  {verdict}")
+                     f"{_rel(r.rel_fd):>16} {kinks:>6} {cosine:>10}  {verdict}")
     fd_tol = "no finite differences in float32" if tol_fd is None else \
         f"<= {tol_fd:.0e} vs finite differences ({fd_per_leaf} random coordinates per leaf)"
-    lines += ["", "rel = max |manual - ref| / max |ref| over each leaf; tolerances:",
+    lines += ["", f"rel = max |manual - ref| / max(max |ref| of the leaf, {grads.REL_FLOOR:.0e} "
+                  f"max |ref| of all leaves); tolerances:",
               f"  <= {tol_ad:.0e} vs autodiff (jax.grad), {fd_tol};",
-              "  any NaN or infinite value (loss, manual, autodiff, finite differences) fails"]
+              "  any NaN or infinite value (loss, manual, autodiff, finite differences) fails",
+              *_kink_lines(rows, fd_per_leaf)]
     bad = [r.path for r in rows if not r.ok]
     if bad or not rows:
         lines.append(f"FAIL: {len(bad)} of {len(rows)} checks out of tolerance: "

@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxcnn.nn import grads, models
 from jaxcnn.tools.worked_example import seed_autodiff, seed_backward, seed_forward, seed_grads
+from jaxcnn.training import safefiles
 
 TOL = 1e-12  # the largest |manual - autodiff| a pass allows (float64)
 IMAGE_SHAPE = (6, 6)
@@ -56,7 +57,15 @@ def default_image(seed: int = 0) -> np.ndarray:
 
 
 def check_image(image: Any) -> np.ndarray:
-    """A 6x6 or 6x6x1 array of finite numbers, as a float64 (6, 6) array; ValueError otherwise."""
+    """A 6x6 or 6x6x1 array of finite real numbers, as a float64 (6, 6) array.
+
+    Raises:
+      TypeError: a complex image (never cast: that would drop its imaginary part).
+      ValueError: anything else that is not a 6x6 array of finite numbers.
+    """
+    if np.iscomplexobj(image):
+        raise TypeError(f"the image must hold real numbers; got a complex array "
+                        f"({np.asarray(image).dtype}), which would lose its imaginary part")
     try:
         a = np.asarray(image, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -93,12 +102,15 @@ def load_image(path: str | Path) -> np.ndarray:
     if magic != b"\x93NUMPY":
         raise ValueError(f"cannot read {path}: not a NumPy .npy file (it does not start with "
                          "the .npy magic bytes)")
-    try:
-        a = np.load(path, allow_pickle=False)
+    try:  # the header checked before anything is allocated (16 bytes: complex128 is named)
+        a = safefiles.load_npy(path, max_bytes=6 * 6 * 16, bound="--image (one 6x6 array)")
     except (EOFError, ValueError) as e:  # a cut header or payload, or Python objects inside
         raise ValueError(f"cannot read {path}: a truncated or damaged .npy file, or one holding "
                          f"Python objects ({e})") from None
-    return check_image(a)
+    try:
+        return check_image(a)
+    except TypeError as e:  # a complex .npy: bad input, named like the rest
+        raise ValueError(f"cannot use {path}: {e}") from None
 
 
 def _plain(a: Any) -> Any:
@@ -112,6 +124,38 @@ def _maxdiff(a: Any, b: Any) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(initial=0.0))
 
 
+def _finite_diff(pairs: list[tuple[Any, Any]]) -> float | None:
+    """max |a - b| over the places where both are finite, if every pair is non-finite (inf or
+    NaN) at exactly the same places on both sides; None if some place is non-finite on one
+    side only (then the two disagree there)."""
+    largest = 0.0
+    for a, b in pairs:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+            return None
+        ok = np.isfinite(a)
+        largest = max(largest, _maxdiff(a[ok], b[ok]))
+    return largest
+
+
+def _numerics(img: np.ndarray, fwd: dict, pairs: list[tuple[Any, Any]]) -> str | None:
+    """Why the comparison is void, when float64 itself fails (None when it does not): the
+    forward pass overflows, or some gradient is inf or NaN on both sides at the same places
+    (e.g. dL/dA2 = (A2 - Y) / (A2 (1 - A2)) is 0/0 once the sigmoid rounds A2 to exactly 1)
+    while every finite value agrees within TOL. Not a fault of the rule either way."""
+    diff = _finite_diff(pairs)
+    if diff is None or diff > TOL or all(np.isfinite(np.asarray(a)).all() for a, _ in pairs):
+        return None
+    peak = f"X's largest |value| is {np.abs(img).max():.3g}"
+    bad = [name for name in FORWARD if not np.isfinite(np.asarray(fwd[name])).all()]
+    if bad:
+        return (f"the input overflows float64: {FORWARD[bad[0]].split('  ')[0]} is not finite "
+                f"({peak}), so neither gradient is; this says nothing about the rule")
+    return (f"float64 cannot hold every gradient of this input: some are inf or NaN on both "
+            f"sides, at the same places (A2 = {float(np.ravel(fwd['A2'])[0]):.17g}; {peak}), and "
+            f"every finite value agrees; this says nothing about the rule")
+
+
 def _ties(A1: np.ndarray) -> list[dict[str, Any]]:
     """MaxPool windows of A1 (4x4) whose maximum occurs more than once."""
     out = []
@@ -122,6 +166,22 @@ def _ties(A1: np.ndarray) -> list[dict[str, Any]]:
             if count > 1:
                 out.append({"window": [r, c], "count": count, "max": float(win.max())})
     return out
+
+
+def _param_table(manual: dict, auto: dict) -> list[dict[str, Any]]:
+    """The 15 parameter gradients, one row each: name (W1[i,j], B1, W2[i], B2), manual,
+    autodiff and |diff|, from the seed formulas' (`manual`) and jax.grad's (`auto`) dW1 (3, 3,
+    1, 1), dB1 (1,), dW2 (4, 1), dB2 (1,)."""
+    table = []
+    for pname in PARAMS:
+        m = np.asarray(manual["d" + pname], np.float64)
+        a = np.asarray(auto["d" + pname], np.float64)
+        for idx in np.ndindex(m.shape):  # W1 (3, 3, 1, 1) -> W1[i,j]; W2 (4, 1) -> W2[i]
+            sub = {"W1": idx[:2], "W2": idx[:1]}.get(pname, ())
+            name = f"{pname}[{','.join(map(str, sub))}]" if sub else pname
+            table.append({"name": name, "manual": float(m[idx]), "autodiff": float(a[idx]),
+                          "diff": float(abs(m[idx] - a[idx]))})
+    return table
 
 
 def run(seed: int = 0, label: float = 1.0, image: np.ndarray | None = None) -> dict:
@@ -154,19 +214,14 @@ def run(seed: int = 0, label: float = 1.0, image: np.ndarray | None = None) -> d
                        "manual": _plain(manual[name]), "autodiff": _plain(auto[name]),
                        "max_abs_diff": _maxdiff(manual[name], auto[name])}
                 for name, formula in BACKWARD.items()}
-    table = []
-    for pname in PARAMS:
-        m = np.asarray(manual["d" + pname], np.float64)
-        a = np.asarray(auto["d" + pname], np.float64)
-        for idx in np.ndindex(m.shape):  # W1 (3, 3, 1, 1) -> W1[i,j]; W2 (4, 1) -> W2[i]
-            sub = {"W1": idx[:2], "W2": idx[:1]}.get(pname, ())
-            name = f"{pname}[{','.join(map(str, sub))}]" if sub else pname
-            table.append({"name": name, "manual": float(m[idx]), "autodiff": float(a[idx]),
-                          "diff": float(abs(m[idx] - a[idx]))})
-    largest = max(max(b["max_abs_diff"] for b in backward.values()),
-                  max(row["diff"] for row in table))
-    network_diff = max(_maxdiff(a, b) for a, b in zip(jax.tree.leaves(seed_params),
-                                                      jax.tree.leaves(network)))
+    table = _param_table(manual, auto)
+    # np.max, not max(): a NaN difference must win (Python's max can drop it, and PASS)
+    largest = float(np.max([*(b["max_abs_diff"] for b in backward.values()),
+                            *(row["diff"] for row in table)]))
+    network_diff = float(np.max([_maxdiff(a, b) for a, b in zip(jax.tree.leaves(seed_params),
+                                                                jax.tree.leaves(network))]))
+    numerics = _numerics(img, fwd, [(manual[n], auto[n]) for n in BACKWARD] + list(zip(
+        jax.tree.leaves(seed_params), jax.tree.leaves(network))))
     return {
         "seed": seed, "label": float(label),
         "image": "default" if image is None else "given",
@@ -179,6 +234,7 @@ def run(seed: int = 0, label: float = 1.0, image: np.ndarray | None = None) -> d
         "max_abs_diff": largest,
         "network_max_abs_diff": network_diff,
         "tolerance": TOL,
+        "numerics": numerics,
         "ok": bool(largest <= TOL and network_diff <= TOL),
     }
 
@@ -247,11 +303,13 @@ def format_text(result: dict) -> str:
 
 
 def verdict(result: dict) -> str:
-    """One line: PASS or FAIL, with the largest differences and the tolerance."""
+    """One line: PASS or FAIL, with the largest differences and the tolerance; where float64
+    itself failed (`result["numerics"]`), FAIL with that reason first, not blaming the rule."""
     word = "PASS" if result["ok"] else "FAIL"
-    return (f"{word}: max |manual - jax.grad| = {result['max_abs_diff']:.1e}, max |manual - "
+    why = f"{result['numerics']} (" if result.get("numerics") else ""
+    return (f"{word}: {why}max |manual - jax.grad| = {result['max_abs_diff']:.1e}, max |manual - "
             f"network backprop| = {result['network_max_abs_diff']:.1e} (tolerance "
-            f"{result['tolerance']:.0e})")
+            f"{result['tolerance']:.0e}){')' if why else ''}")
 
 
 # ----------------------------------------------------------------------------- figure

@@ -6,10 +6,14 @@ restricted `pickle.Unpickler` resolves only the few globals the real files need 
 reconstructors and `numpy.dtype` for plain numeric dtypes, `_codecs.encode` for latin-1, an empty
 `bytes()`), each through a wrapper that checks its arguments, and refuses every other global before
 anything is called, so a pickle built to run `os.system` fails with a ValueError and runs nothing.
-The result must then be exactly what a batch holds: a dict with the byte-string keys b"data"
-(uint8 (n, 3072)) and b"labels" (a list of n ints in 0..9), optionally b"batch_label" and
-b"filenames", nothing else. A row is channel-first: 1024 red, 1024 green, 1024 blue values, each
-plane row-major 32x32; `read_batch` returns NHWC (n, 32, 32, 3).
+Before that, `jaxcnn.training.picklescan.scan` checks the opcode stream without building
+anything (only the opcodes a batch uses; bounded op count, nesting, memo use and sizes), so that
+a crafted few-KB file cannot crash or hang the process while it is unpickled, hashed or printed;
+messages show user data only cut short (`_short`). The result must then be exactly what a batch
+holds: a dict with the byte-string keys b"data" (uint8 (n, 3072)) and b"labels" (a list of n ints
+in 0..9), optionally b"batch_label" and b"filenames", nothing else. A row is channel-first: 1024
+red, 1024 green, 1024 blue values, each plane row-major 32x32; `read_batch` returns NHWC
+(n, 32, 32, 3).
 
 This module reads files only (NumPy, no JAX); `jaxcnn.training.data.load_cifar10` turns the
 arrays into a standardised `Dataset`.
@@ -20,10 +24,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxcnn.training import picklescan, safefiles
 
 __all__ = ["CLASS_NAMES", "MAX_BATCH_BYTES", "SUBDIR", "TEST_BATCH", "TRAIN_BATCHES",
            "read_batch", "read_cifar10"]
@@ -44,6 +51,28 @@ NOT_DOWNLOADED = ("nothing is downloaded: extract cifar-10-python.tar.gz (from "
 
 
 # ----------------------------------------------------------------------------- the unpickler
+class _ShortRepr(reprlib.Repr):
+    """reprlib.Repr that also cuts bytes and bytearrays short before formatting them."""
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        head = repr(x[:self.maxstring])
+        return head if len(x) <= self.maxstring else f"{head}... ({len(x)} bytes)"
+
+    repr_bytearray = repr_bytes
+
+    def repr_int(self, x: int, level: int) -> str:
+        return repr(x) if x.bit_length() <= 64 else f"<an int of {x.bit_length()} bits>"
+
+
+_REPR = _ShortRepr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 40, 40, 3
+
+
+def _short(obj: Any) -> str:
+    """`repr(obj)` cut to at most ~200 characters, without formatting more than it shows."""
+    return _REPR.repr(obj)[:200]
+
+
 class _Refused(pickle.UnpicklingError):
     """A global, or an argument to an allowed one, that a CIFAR-10 batch never holds."""
 
@@ -76,7 +105,7 @@ def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
     """numpy's `_reconstruct(ndarray, (0,), b'b')`: the empty array that BUILD then fills."""
     if subtype is not _NDARRAY or type(shape) is not tuple or shape != (0,) \
             or typecode not in (b"b", "b"):
-        raise _Refused(f"numpy _reconstruct{(subtype, shape, typecode)!r}: only "
+        raise _Refused(f"numpy _reconstruct{_short((subtype, shape, typecode))}: only "
                        "(numpy.ndarray, (0,), b'b') is allowed")
     return np.empty(0, np.int8)
 
@@ -87,7 +116,7 @@ def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
         spec = spec.decode("ascii", "replace")
     dt = np.dtype(spec) if isinstance(spec, str) and len(spec) <= 4 else None
     if dt is None or dt.kind not in "biuf" or dt.fields is not None:
-        raise _Refused(f"numpy.dtype({spec!r}): only plain numeric dtypes are allowed")
+        raise _Refused(f"numpy.dtype({_short(spec)}): only plain numeric dtypes are allowed")
     return dt
 
 
@@ -102,7 +131,8 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
 def _latin1(text: Any, encoding: Any) -> bytes:
     """`_codecs.encode(text, 'latin1')`, how Python 3 pickles bytes with protocol 2."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _Refused(f"_codecs.encode(..., {encoding!r}): only a str to latin1 is allowed")
+        raise _Refused(f"_codecs.encode(..., {_short(encoding)}): only a str to latin1 is "
+                       "allowed")
     return text.encode("latin1")
 
 
@@ -138,25 +168,30 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> Any:
-    """The object pickled in `path`, through `_BatchUnpickler` with encoding='bytes'."""
-    with open(path, "rb") as f:
+    """The object pickled in `path`: its opcodes checked by `picklescan.scan`, then loaded
+    through `_BatchUnpickler` with encoding='bytes'."""
+    with os.fdopen(safefiles.open_regular(path, follow=True), "rb") as f:  # a FIFO: refused
         size = os.fstat(f.fileno()).st_size
         if size > MAX_BATCH_BYTES:
             raise ValueError(f"{path}: {size} bytes, more than MAX_BATCH_BYTES={MAX_BATCH_BYTES}; "
                              f"expected {EXPECTED} (about 31 MB)")
-        raw = f.read()
-    stream = io.BytesIO(raw)
+        raw = f.read(MAX_BATCH_BYTES + 1)
     try:
-        obj = _BatchUnpickler(stream, encoding="bytes").load()
+        end = picklescan.scan(raw, _ALLOWED)
+    except picklescan.PickleRefusedError as e:
+        raise ValueError(f"{path}: {e}; nothing in it was run. Expected {EXPECTED}") from None
+    except picklescan.PickleUnreadableError as e:
+        raise ValueError(f"{path}: not a readable pickle ({e}); expected {EXPECTED}") from None
+    if end != len(raw):
+        raise ValueError(f"{path}: {len(raw) - end} trailing bytes after the pickle; "
+                         f"expected {EXPECTED}")
+    try:
+        return _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except _Refused as e:
         raise ValueError(f"{path}: {e}; nothing in it was run. Expected {EXPECTED}") from None
-    except Exception as e:  # truncated, not a pickle, a bad opcode, bad numpy state, ...
-        raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); expected "
-                         f"{EXPECTED}") from None
-    if stream.tell() != len(raw):
-        raise ValueError(f"{path}: {len(raw) - stream.tell()} trailing bytes after the pickle; "
-                         f"expected {EXPECTED}")
-    return obj
+    except Exception as e:  # bad numpy state, an unhashable key, ...
+        raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: "
+                         f"{str(e)[:200]}); expected {EXPECTED}") from None
 
 
 # ----------------------------------------------------------------------------- one batch
@@ -168,8 +203,9 @@ def _checked(path: Path, obj: Any) -> tuple[np.ndarray, list[int]]:
     missing = [k for k in REQUIRED_KEYS if k not in keys]
     extra = keys - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS)
     if missing or extra:
-        raise ValueError(f"{path}: a dict with the keys {sorted(map(repr, keys))}; missing "
-                         f"{missing}, unexpected {sorted(map(repr, extra))}; expected {EXPECTED}")
+        raise ValueError(f"{path}: a dict with the keys {_short(sorted(map(_short, keys)))}; "
+                         f"missing {missing}, unexpected {_short(sorted(map(_short, extra)))}; "
+                         f"expected {EXPECTED}")
     data, labels = obj[b"data"], obj[b"labels"]
     if type(data) is not np.ndarray or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != ROW:
@@ -185,7 +221,7 @@ def _checked(path: Path, obj: Any) -> tuple[np.ndarray, list[int]]:
                          f"one per row of b'data'")
     bad = next((i for i, v in enumerate(labels) if type(v) is not int or not 0 <= v <= 9), None)
     if bad is not None:
-        raise ValueError(f"{path}: b'labels'[{bad}] is {labels[bad]!r}; expected class ids "
+        raise ValueError(f"{path}: b'labels'[{bad}] is {_short(labels[bad])}; expected class ids "
                          "0..9 (ints)")
     return data, labels
 
@@ -202,7 +238,8 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises:
       ValueError: naming `path`, for anything that is not exactly a batch (a foreign or malicious
-        pickle, a truncated file, wrong keys, shapes, dtypes or labels).
+        pickle, one that `picklescan.scan` refuses, a truncated file, wrong keys, shapes, dtypes
+        or labels), or that is not a regular file (a FIFO, a directory).
       FileNotFoundError: if `path` is absent.
     """
     path = Path(path)

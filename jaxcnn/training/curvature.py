@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.nn.grads import manual_grad
+from jaxcnn.nn.mode import by_mode
 from jaxcnn.nn.network import Network, Params, State
 from jaxcnn.training.per_example import _check
 
@@ -28,22 +29,28 @@ def hvp(model: Network, params: Params, x: Array, y: Array, v: Params, *,
     Args:
       model, params: a `Network` and its parameters; x, y: a batch and its labels;
       v: a tangent with params' structure, shapes and dtypes.
-      state: running averages; train: training mode (BatchNorm on batch statistics).
+      state: running averages; train: training mode (BatchNorm on batch statistics), a bool
+        or a traced boolean scalar (both modes compiled; training mode then cannot run
+        Dropout, which needs a key: make train static, `static_argnames="train"`).
 
     Returns:
       H v, with params' structure.
 
     Raises:
-      TypeError / ValueError: v is not shaped like params (named by `check_params`).
+      TypeError / ValueError: v is not shaped like params (named by `check_params`); train is
+        not a boolean scalar (TypeError).
     """
     model.check_input(x)
     model.check_params(params, x.dtype)
     model.check_params(v, x.dtype)
 
-    def grad(p):
-        return manual_grad(model, p, x, y, state=state, train=train)[1]
+    def in_mode(mode: bool) -> Params:
+        def grad(p):
+            return manual_grad(model, p, x, y, state=state, train=mode)[1]
 
-    return jax.jvp(grad, (params,), (v,))[1]
+        return jax.jvp(grad, (params,), (v,))[1]
+
+    return by_mode("hvp", train, in_mode)
 
 
 def _loss_hessian_factor(model: Network, z: Array) -> Array:

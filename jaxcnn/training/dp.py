@@ -43,36 +43,129 @@ from jaxcnn.training.steps import guarded_update, jit_with_options, layer_norms
 
 Array = jax.Array
 ACCOUNTANTS = ("rdp", "pld")
+DEFAULT_DELTA = 1e-5
+# sigma > 0 where dp-accounting 0.6's RDP accountant answers cleanly at every sample rate down to
+# 1e-9 and up to 1e12 steps (measured): below ~1e-155 sigma**2 underflows (ZeroDivisionError),
+# above ~1e155 it overflows (OverflowError), and above 100 (1e4 for rates >= 1e-5) its series stop
+# converging: it logs warnings and returns 0.
+NOISE_RANGE = (1e-100, 100.0)
+# the PLD accountant's discretised loss distribution outgrows memory for smaller sigma (measured:
+# 1e-3 asks for 5e9 int64s; sigma 0.1 takes ~35 s for 100 steps, 0.5 ~8 s for 1000)
+PLD_MIN_NOISE = 0.1
+NO_NOISE_NOTE = "no noise (--dp-noise 0): no privacy guarantee, epsilon is infinite"
 
 
 # ----------------------------------------------------------------------------- checks
 def check_dp(fn: str, clip_norm: Any, noise_multiplier: Any, delta: Any = None) -> None:
-    """clip_norm > 0, noise_multiplier >= 0, delta in (0, 1) when given: ValueErrors naming them."""
+    """clip_norm finite and > 0, noise_multiplier 0 or in NOISE_RANGE, delta in (0, 1) when
+    given: ValueErrors naming fn and them."""
+    check_clip(fn, clip_norm)
+    check_noise(fn, noise_multiplier)
+    if delta is not None:
+        check_delta(fn, delta)
+
+
+def check_clip(fn: str, clip_norm: Any) -> None:
+    """Check a clip norm: `per_example.check_clip_norm`, and finite (an infinite clip bounds
+    nothing and makes the noise sigma C infinite).
+
+    Args:
+      fn: the caller or flag, for the message.
+      clip_norm: C.
+
+    Raises:
+      ValueError: naming fn and the value.
+    """
     check_clip_norm(fn, clip_norm)
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, int | float) \
-            or not noise_multiplier >= 0 or math.isinf(noise_multiplier):
-        raise ValueError(f"{fn}: noise_multiplier (sigma) must be a finite number >= 0; got "
-                         f"{noise_multiplier!r}")
-    if delta is not None and (isinstance(delta, bool) or not isinstance(delta, int | float)
-                              or not 0 < delta < 1):
+    if isinstance(clip_norm, int | float | np.floating) and not math.isfinite(clip_norm):
+        raise ValueError(f"{fn}: clip_norm must be a finite number > 0; got {clip_norm!r} (an "
+                         f"infinite clip bounds nothing, and the noise sigma C would be infinite)")
+
+
+def check_delta(fn: str, delta: Any) -> None:
+    """Check a delta.
+
+    Args:
+      fn: the caller or flag, for the message.
+      delta: a number in (0, 1).
+
+    Raises:
+      ValueError: naming fn and the value.
+    """
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 < delta < 1:
         raise ValueError(f"{fn}: delta must be in (0, 1); got {delta!r}")
+
+
+def check_noise(fn: str, noise_multiplier: Any) -> None:
+    """Check a noise multiplier.
+
+    Args:
+      fn: the caller or flag, for the message.
+      noise_multiplier: sigma, 0 (no noise: no privacy, epsilon is infinite) or a number in
+        NOISE_RANGE, where the accountant answers.
+
+    Raises:
+      ValueError: naming fn, the value and the range.
+    """
+    low, high = NOISE_RANGE
+    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, int | float) \
+            or not (noise_multiplier == 0 or low <= noise_multiplier <= high):
+        raise ValueError(f"{fn}: noise_multiplier (sigma) must be a number >= 0: 0 (no noise, no "
+                         f"privacy) or in {low:g}..{high:g}, the range the privacy accountant "
+                         f"answers for; got {noise_multiplier!r}")
 
 
 def check_run_settings(clip: Any, noise: Any, delta: Any, grad: str) -> None:
     """The DP settings of a run (`jaxcnn train --dp-clip C --dp-noise sigma --dp-delta d`): both
-    or neither of clip and noise, valid values, and the manual gradients."""
+    or neither of clip and noise, valid values, a delta other than the default only with them,
+    and the manual gradients."""
     if (clip is None) != (noise is None):
         raise ValueError("--dp-clip and --dp-noise go together (DP-SGD needs both)")
-    if clip is not None:
-        check_dp("--dp", clip, noise, delta)
-        if grad != "manual":
-            raise ValueError("--dp-clip: DP-SGD clips with the hand-written per-example norms; "
-                             "use --grad manual")
+    if clip is None:
+        if delta != DEFAULT_DELTA:
+            raise ValueError(f"--dp-delta {delta!r} applies to DP-SGD runs only (it is the delta "
+                             f"of the epsilon they report); add --dp-clip and --dp-noise, or "
+                             f"leave it out")
+        return
+    check_clip("--dp-clip", clip)
+    check_noise("--dp-noise", noise)
+    check_delta("--dp-delta", delta)
+    if grad != "manual":
+        raise ValueError("--dp-clip: DP-SGD clips with the hand-written per-example norms; "
+                         "use --grad manual")
+
+
+def check_accountable(noise: float, sample_rate: float, steps: int, delta: float) -> None:
+    """Ask the accountant before any training, so that no epoch's record can fail after it.
+
+    Args:
+      noise: sigma; sample_rate: q; steps: the most steps the run takes; delta: its delta.
+
+    Raises:
+      ValueError: where the accountant fails (an arithmetic error, or out of memory).
+    """
+    try:
+        epsilon(noise, sample_rate, steps, delta)
+    except (ArithmeticError, MemoryError) as e:
+        raise ValueError(f"--dp-noise {noise:g}: the privacy accountant fails on these settings "
+                         f"({type(e).__name__}: {e}); choose another noise multiplier") from None
 
 
 def privacy_record(noise: float, sample_rate: float, steps: int, delta: float) -> dict:
-    """{"epsilon": ..., "dp_delta": delta} after `steps` steps (RDP), for metrics.jsonl."""
-    return {"epsilon": epsilon(noise, sample_rate, steps, delta), "dp_delta": delta}
+    """The privacy part of an epoch's record in metrics.jsonl, JSON throughout.
+
+    Args:
+      noise: sigma; sample_rate: q; steps: the steps so far; delta: the run's delta.
+
+    Returns:
+      {"epsilon": epsilon (RDP), "dp_delta": delta}; where epsilon is infinite (no noise),
+      {"epsilon": None, "dp_delta": delta, "privacy": a note saying so}.
+    """
+    eps = epsilon(noise, sample_rate, steps, delta)
+    if math.isfinite(eps):
+        return {"epsilon": eps, "dp_delta": delta}
+    return {"epsilon": None, "dp_delta": delta,
+            "privacy": NO_NOISE_NOTE if noise == 0 else "epsilon is infinite"}
 
 
 # ----------------------------------------------------------------------------- accounting
@@ -81,21 +174,32 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     """epsilon of `steps` Poisson-sampled Gaussian steps at `delta` (dp-accounting).
 
     Args:
-      noise_multiplier: sigma (the noise std over the clip norm), > 0.
+      noise_multiplier: sigma (the noise std over the clip norm): 0 or in NOISE_RANGE (the
+        PLD accountant: at least PLD_MIN_NOISE).
       sample_rate: q, each example's probability of being in a batch, in (0, 1].
-      steps: the number of steps taken, >= 0.
+      steps: the number of steps taken, an int >= 0.
       delta: in (0, 1).
       accountant: "rdp" (dp_accounting.rdp.RdpAccountant) or "pld" (pld.PLDAccountant).
 
     Returns:
       epsilon (0 after no steps, inf without noise).
+
+    Raises:
+      ValueError: naming any argument out of its range.
     """
     check_dp("epsilon", 1.0, noise_multiplier, delta)
-    if not 0 < sample_rate <= 1:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float) \
+            or not 0 < sample_rate <= 1:
         raise ValueError(f"epsilon: sample_rate must be in (0, 1]; got {sample_rate!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+        raise ValueError(f"epsilon: steps must be an int >= 0; got {steps!r}")
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"epsilon: accountant must be one of {', '.join(ACCOUNTANTS)}; got "
                          f"{accountant!r}")
+    if accountant == "pld" and 0 < noise_multiplier < PLD_MIN_NOISE:
+        raise ValueError(f"epsilon: the PLD accountant needs noise_multiplier >= {PLD_MIN_NOISE} "
+                         f"(below, it outgrows memory); got {noise_multiplier!r}; use "
+                         f"accountant='rdp'")
     if steps == 0:
         return 0.0
     if noise_multiplier == 0:

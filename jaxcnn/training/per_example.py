@@ -15,21 +15,33 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxcnn import _geometry
 from jaxcnn.forward.conv import per_example_rule
 from jaxcnn.nn import ghost
 from jaxcnn.nn.combinators import kinds
 from jaxcnn.nn.grads import manual_grad
+from jaxcnn.nn.mode import by_mode, check_train, static_hint
 from jaxcnn.nn.network import Network, Params, State
 
 Array = jax.Array
 
 
-def _check(fn: str, model: Network, x: Array, y: Array, train: bool) -> None:
-    """x and y for the model; BatchNorm refused in training mode (it mixes the examples)."""
+def _check(fn: str, model: Network, x: Array, y: Array, train: Any) -> None:
+    """x and y for the model; train a boolean scalar (`check_train`); BatchNorm refused in
+    training mode (it mixes the examples), and so with a traced train too (jit without a static
+    train compiles training mode as well)."""
     model.check_input(x)
     model.check_labels(x, y)
-    if train:
+    mode = check_train(fn, train)
+    if mode is None and has_batchnorm(model):
+        raise ValueError(f"{fn}: train is traced (passed through jax.jit without being static), "
+                         f"so training mode would be compiled too, and {model.name} has "
+                         f"BatchNorm, refused in training mode (its batch statistics mix the "
+                         f"examples): train must be static for this model, "
+                         f"{static_hint(fn)}")
+    if mode:
         refuse_batchnorm(fn, model, ", or train=False")
 
 
@@ -45,7 +57,8 @@ def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
     Args:
       model, params: a `Network` and its parameters; state: its running averages.
       x: (N, H, W, C); y: (N,) labels.
-      train: training mode, refused for a model with BatchNorm (it mixes the examples).
+      train: training mode, refused for a model with BatchNorm (it mixes the examples); a bool,
+        or a traced boolean scalar (both modes compiled; static for a BatchNorm model).
 
     Returns:
       grads with params' structure, every leaf with a leading axis N; their mean over N is the
@@ -53,11 +66,14 @@ def per_example_grads(model: Network, params: Params, x: Array, y: Array, *,
     """
     _check("per_example_grads", model, x, y, train)
 
-    def one(xi, yi):
-        return manual_grad(model, params, xi[None], yi[None], state=state, train=train)[1]
+    def in_mode(mode: bool) -> Params:
+        def one(xi, yi):
+            return manual_grad(model, params, xi[None], yi[None], state=state, train=mode)[1]
 
-    with per_example_rule():  # read while vmap traces `one`
-        return jax.vmap(one)(x, y)
+        with per_example_rule():  # read while vmap traces `one`
+            return jax.vmap(one)(x, y)
+
+    return by_mode("per_example_grads", train, in_mode)
 
 
 def per_example_grad_norms(model: Network, params: Params, x: Array, y: Array, *,
@@ -73,17 +89,23 @@ def per_example_grad_norms(model: Network, params: Params, x: Array, y: Array, *
     Args:
       model, params: a `Network` and its parameters; state: its running averages.
       x: (N, *input_shape); y: the head's labels (N,) or (N, *S).
-      train: training mode (Dropout active with `key`), refused for a model with BatchNorm.
+      train: training mode (Dropout active with `key`), refused for a model with BatchNorm; a
+        bool, or a traced boolean scalar (both modes compiled; static for a BatchNorm model).
       key: the Dropout key in training mode.
-      method: "auto", "ghost" or "instantiate".
+      method: "auto", "ghost" or "instantiate"; a string, so static under jit
+        (`static_argnames="method"`).
 
     Returns:
       (N,) norms, in x's dtype.
     """
     _check("per_example_grad_norms", model, x, y, train)
     ghost.check_method("per_example_grad_norms", method)
-    trace = model.forward(params, x, state=state, train=train, key=key)  # no batch loss needed
-    return jnp.sqrt(model.per_example_pass(params, trace, y, method)[0])
+
+    def in_mode(mode: bool) -> Array:
+        trace = model.forward(params, x, state=state, train=mode, key=key)  # no batch loss
+        return jnp.sqrt(model.per_example_pass(params, trace, y, method)[0])
+
+    return by_mode("per_example_grad_norms", train, in_mode)
 
 
 def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_norm: float,
@@ -101,8 +123,9 @@ def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_nor
 
     Args:
       model, params, x, y, state: as `per_example_grad_norms`; key: the Dropout key.
-      clip_norm: C > 0.
-      method: the norm method ("auto", "ghost", "instantiate").
+      clip_norm: C > 0: a number, or a real array of shape () (traced under jit, its value
+        then unchecked).
+      method: the norm method ("auto", "ghost", "instantiate"); static under jit.
 
     Returns:
       (L, grads): the plain mean loss over the batch and the clipped mean gradient, params'
@@ -121,10 +144,15 @@ def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_nor
     return out["loss_sum"] / n, jax.tree.map(lambda g: g / n, out["grads"])
 
 
+def has_batchnorm(model: Network) -> bool:
+    """Whether any layer of the model (nested ones included) is a BatchNorm."""
+    return any("BatchNorm" in kinds(layer) for layer in model.layers)
+
+
 def refuse_batchnorm(fn: str, model: Network, alternative: str = "") -> None:
     """A ValueError pointing to GroupNorm / LayerNorm (and `alternative`) for a model with
     BatchNorm, whose batch statistics mix the examples in training mode."""
-    if any("BatchNorm" in kinds(layer) for layer in model.layers):
+    if has_batchnorm(model):
         raise ValueError(f"{fn}: {model.name} has BatchNorm, whose batch statistics mix the "
                          f"examples in training mode, so no example has a gradient of its own; "
                          f"use GroupNorm or LayerNorm (e.g. resnet20(norm=\"group\"))"
@@ -170,9 +198,19 @@ def clip_weights(norms: Array, clip_norm: float) -> Array:
 
 
 def check_clip_norm(fn: str, clip_norm: object) -> None:
-    """clip_norm must be a real number > 0."""
-    if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float)) \
-            or not clip_norm > 0 or clip_norm != clip_norm:
+    """clip_norm must be a real number > 0: a Python number, or a real (integer or floating)
+    scalar of shape () (NumPy or JAX); its value is checked where it is known, not when traced
+    (under jit).
+
+    Raises:
+      ValueError: naming fn and clip_norm.
+    """
+    dtype = getattr(clip_norm, "dtype", None)
+    real = isinstance(clip_norm, int | float) or (
+        getattr(clip_norm, "shape", None) == () and dtype is not None
+        and (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)))
+    value = _geometry.concrete(clip_norm) if real and not isinstance(clip_norm, bool) else None
+    if not real or isinstance(clip_norm, bool) or (value is not None and not value > 0):
         raise ValueError(f"{fn}: clip_norm must be a number > 0; got {clip_norm!r}")
 
 
@@ -186,14 +224,19 @@ def grad_statistics(model: Network, params: Params, x: Array, y: Array, *,
     divide these by N^2.)
 
     Args:
-      model, params, state, train: as `per_example_grads`; x: (N, *input_shape); y: the head's
-        labels (N,) or (N, *S).
+      model, params, state, train: as `per_example_grads` (train traced or not); x:
+        (N, *input_shape); y: the head's labels (N,) or (N, *S).
 
     Returns:
       {"sum_grad_squared": ..., "variance": ...}, each with params' structure and shapes.
     """
-    g = per_example_grads(model, params, x, y, state=state, train=train)
-    n = x.shape[0]
-    sq = jax.tree.map(lambda v: jnp.sum(v * v, axis=0), g)
-    var = jax.tree.map(lambda s, v: s / n - jnp.mean(v, axis=0) ** 2, sq, g)
-    return {"sum_grad_squared": sq, "variance": var}
+    _check("grad_statistics", model, x, y, train)
+
+    def in_mode(mode: bool) -> dict[str, Params]:
+        g = per_example_grads(model, params, x, y, state=state, train=mode)
+        n = x.shape[0]
+        sq = jax.tree.map(lambda v: jnp.sum(v * v, axis=0), g)
+        var = jax.tree.map(lambda s, v: s / n - jnp.mean(v, axis=0) ** 2, sq, g)
+        return {"sum_grad_squared": sq, "variance": var}
+
+    return by_mode("grad_statistics", train, in_mode)

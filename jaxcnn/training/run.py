@@ -10,14 +10,19 @@ A run writes into its output directory (see `jaxcnn.training.rundir`, which also
 Everything random derives from `seed`: the initial parameters, the order of every epoch's batches
 (`data.batches(seed=seed, epoch=e)`) and every step's dropout key (`fold_in(key, step)`). So
 `resume=True` continues from the last checkpoint and ends with exactly the parameters of a run
-that was never interrupted; it refuses a checkpoint written under other settings (only `epochs`
-may change) or on other data. A fresh run refuses a directory that holds a run unless
-`overwrite=True`. Ctrl-C raises `Interrupted`, which says where the run can be resumed from.
+that was never interrupted; it refuses a checkpoint written under other settings or on other
+data. Only `epochs` may change, and only with the constant schedule: the cosine schedule is laid
+out over all the epochs, so a finished 3-epoch run continued to 6 would not end where an
+uninterrupted 6-epoch run does (that resume is refused, saying how to go on). A fresh run refuses
+a directory that holds a run unless `overwrite=True`. Ctrl-C raises `Interrupted`, which says
+where the run can be resumed from.
 
 DP-SGD (`dp_clip` and `dp_noise`, `jaxcnn.training.dp`): every step a Poisson sample (rate
 batch_size / n, seeded by (seed, step), so resume draws the same ones), the clipped sum from
 the hand-written per-example norms, Gaussian noise; `epsilon` (RDP, at `dp_delta`) joins each
-epoch's record and log line. BatchNorm models are refused.
+epoch's record and log line (null, with a note, for `dp_noise=0`: no privacy). The settings are
+checked before any training, the accountant included (it answers for the run's last step before
+the first), so no epoch ends in an accountant error. BatchNorm models are refused.
 
 The module is over 400 lines because the run is one story read top to bottom: the settings,
 their checks, start or resume, the epochs with their two kinds of batches, evaluation and
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -89,7 +95,7 @@ class TrainConfig:
     log_every: int = 10
     dp_clip: float | None = None   # DP-SGD (jaxcnn.training.dp): the per-example clip norm C,
     dp_noise: float | None = None  # the noise multiplier sigma (both or neither),
-    dp_delta: float = 1e-5         # and the delta of the epsilon reported after each epoch
+    dp_delta: float = dp.DEFAULT_DELTA  # and the delta of the epsilon reported after each epoch
 
     @property
     def private(self) -> bool:
@@ -179,11 +185,32 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
                          f"{local[0].platform.upper()} device(s) exist")
     if cfg.private:
         dp.refuse_batchnorm("--dp-clip", model)
+        _check_private(cfg, len(ds.x_train))
     if cfg.batch_size % devices and not cfg.private:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {devices} "
                          f"devices it is split over (--devices); use a multiple of {devices}")
     mesh = parallel.make_mesh(devices) if devices > 1 else None
     return dataclasses.replace(cfg, devices=devices), model, ds, mesh
+
+
+def _check_private(cfg: TrainConfig, n: int) -> None:
+    """The DP-SGD settings that need the data, checked before any training.
+
+    Args:
+      cfg: a private configuration (validated).
+      n: the number of training examples.
+
+    Raises:
+      ValueError: C or sigma C not a normal number of the run's dtype, or an accountant that
+        cannot answer for the run's last step (so that no epoch's record can fail).
+    """
+    finfo = np.finfo(np.dtype(cfg.dtype))
+    if not (cfg.dp_clip >= finfo.tiny and cfg.dp_clip * max(cfg.dp_noise, 1.0) < finfo.max):
+        raise ValueError(f"--dp-clip {cfg.dp_clip:g} (with --dp-noise {cfg.dp_noise:g}): C and "
+                         f"sigma C must be normal {cfg.dtype} numbers (between {finfo.tiny:.1e} "
+                         f"and {finfo.max:.1e})")
+    steps = data.num_batches(n, cfg.batch_size) * cfg.epochs
+    dp.check_accountable(cfg.dp_noise, cfg.batch_size / n, steps, cfg.dp_delta)
 
 
 def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
@@ -198,7 +225,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
         another `impl`.
       resume: continue from `out`'s checkpoint (logging "no checkpoint in OUT; starting from
         scratch" where there is none); refused if it was written under other settings (only
-        `epochs` may change) or on other data.
+        `epochs` may change, and only with the constant schedule) or on other data.
       overwrite: start over in a directory that holds a run, deleting it (else refused).
       progress: a tqdm bar per epoch, only where stderr is a terminal.
       log: where the run's lines go (a closed pipe there does not stop the run).
@@ -255,7 +282,7 @@ def _start(run: _Run, *, resume: bool, overwrite: bool) -> None:
     run.params = run.model.init(jax.random.fold_in(run.key, 0), dt)
     run.state = run.model.init_state(dt)
     run.opt_state = run.cfg.optimizer_for(run.n_batches).init(run.params)
-    if resume and run.ckpt.exists():
+    if resume and os.path.lexists(run.ckpt):  # a dangling link is refused, not skipped
         _restore(run)
         return
     if resume:
@@ -269,11 +296,36 @@ def _restore(run: _Run) -> None:
     config = dataclasses.asdict(run.cfg)
     meta = checkpoint.load_meta(run.ckpt)
     epoch, step = rundir.check_resumable(run.ckpt, meta, config, run.data_sha256, run.cfg.data)
+    _check_horizon(run.ckpt, meta["config"]["epochs"], epoch, run.cfg)
     template = (run.params, run.state, run.opt_state)
     (run.params, run.state, run.opt_state), _ = checkpoint.load(run.ckpt, template)
     rundir.continue_after(run.out, epoch, config, run.log)
     run.start_epoch, run.step = epoch, step
     run.log(f"resuming {run.out} after epoch {epoch} (step {step})")
+
+
+def _check_horizon(ckpt: Path, saved_epochs: int, done: int, cfg: TrainConfig) -> None:
+    """Refuse a resume that changes `epochs` when the schedule depends on it (cosine: laid out
+    over all the epochs), since it would not end with an uninterrupted run's parameters.
+
+    Args:
+      ckpt: the checkpoint (for the message).
+      saved_epochs: the `epochs` it was written under.
+      done: the epochs it holds.
+      cfg: the configuration asked for now.
+
+    Raises:
+      rundir.RunDirError: naming both epoch counts and the ways to go on.
+    """
+    if cfg.schedule == "constant" or saved_epochs == cfg.epochs:
+        return
+    raise rundir.RunDirError(
+        f"{ckpt}: --epochs {cfg.epochs}: this run's {cfg.schedule} learning-rate schedule is laid "
+        f"out over its --epochs {saved_epochs} (it holds epoch {done}), so continuing it to "
+        f"{cfg.epochs} would not give the parameters of an uninterrupted {cfg.epochs}-epoch run; "
+        f"resume with --epochs {saved_epochs}, or start a {cfg.epochs}-epoch run afresh "
+        f"(--overwrite or another --out); only --schedule constant runs may change --epochs "
+        f"on resume")
 
 
 def _train(run: _Run, progress: bool, stop_after_steps: int | None) -> dict:
@@ -394,13 +446,30 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
     run.log(f"epoch {epoch + 1}: train loss {summary['train_loss']:.4f}, test loss "
             f"{test['loss']:.4f}, test accuracy {test['accuracy']:.4f}"
             + ("" if iou is None else f", test mean IoU {iou:.4f}")
-            + (f", epsilon {summary['epsilon']:.3f} (delta {run.cfg.dp_delta:g})"
-               if "epsilon" in summary else ""))
+            + _privacy_text(summary, cfg.dp_delta))
     return summary
 
 
+def _privacy_text(summary: dict, delta: float) -> str:
+    """The privacy part of an epoch's log line.
+
+    Args:
+      summary: the epoch's record.
+      delta: the run's dp_delta.
+
+    Returns:
+      ", epsilon E (delta D)"; the record's "privacy" note where epsilon is infinite (null in
+      the record); "" for a non-private run.
+    """
+    if "epsilon" not in summary:
+        return ""
+    eps = summary["epsilon"]
+    return (f", epsilon {eps:.3f} (delta {delta:g})" if eps is not None else
+            f", {summary.get('privacy', 'epsilon is infinite')}")
+
+
 def _plots(run: _Run) -> None:
-    first_conv = plots.first_conv2d([run.params.get(layer.name) for layer in run.model.layers])
+    first_conv = plots.first_conv([run.params.get(layer.name) for layer in run.model.layers])
     for path in plots.plot_run(run.out, first_conv):
         run.log(f"wrote {path}")
 

@@ -11,6 +11,12 @@
 A crash can leave a partial last line in metrics.jsonl (dropped on resume) and a temporary
 `*.tmp` file of an atomic write (removed when the next run takes the lock); it cannot leave a
 half-written checkpoint or config.json.
+
+Each of these files must be a regular file (`jaxcnn.training.safefiles`): a symbolic link, a
+FIFO, a directory in its place is refused with a message naming it, never followed, read or
+written through (a `.lock` linked to someone's file would otherwise be overwritten with a pid);
+the lock and metrics.jsonl, written in place, must also have a single hard link. A write that
+fails (a full disk) names the file and says what is intact.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jaxcnn.training import checkpoint
+from jaxcnn.training import checkpoint, safefiles
 
 LOCK, CONFIG, METRICS, CHECKPOINT = ".lock", "config.json", "metrics.jsonl", "checkpoint.npz"
 PLOTS = ("curves.png", "filters.png", "grad_norms.png")
@@ -44,8 +50,10 @@ def locked(out: Path) -> Iterator[None]:
 
     Raises:
       RunDirError: naming the holder's pid, if another process holds the lock.
+      safefiles.NotARegularFileError: if `out/.lock` is a symbolic link (it is not followed: its
+        target is untouched), a FIFO, a directory, ..., or has several hard links.
     """
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = safefiles.open_regular(out / LOCK, os.O_RDWR | os.O_CREAT, single_link=True)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,8 +62,12 @@ def locked(out: Path) -> Iterator[None]:
             raise RunDirError(f"{out} is in use by another jaxcnn run (pid {pid} holds "
                               f"{out / LOCK}); wait for it to end, or choose another --out"
                               ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            raise safefiles.WriteError(e, f"{out / LOCK}: writing this run's pid failed "
+                                          f"({safefiles.reason(e)})") from e
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -86,7 +98,7 @@ def check_start(out: Path, *, resume: bool, overwrite: bool) -> None:
 def clear(out: Path) -> None:
     """Delete a run's files from `out` (not the lock) and any temporary file of a killed write."""
     for name in (CHECKPOINT, METRICS, CONFIG, *PLOTS):
-        (out / name).unlink(missing_ok=True)
+        safefiles.remove(out / name)
     remove_temps(out)
 
 
@@ -95,7 +107,7 @@ def remove_temps(out: Path) -> None:
     (only call it while holding the lock: nobody else is writing)."""
     for name in (CHECKPOINT, CONFIG, METRICS):
         for tmp in out.glob(f"{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+            safefiles.remove(tmp)
 
 
 def start_fresh(out: Path, config: dict[str, Any]) -> None:
@@ -139,7 +151,7 @@ def config_problem(out: Path) -> str | None:
     and the line."""
     path = out / CONFIG
     try:
-        json.loads(path.read_text())
+        json.loads(safefiles.read_bytes(path))  # a link, FIFO, ...: NotARegularFileError
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:
@@ -184,7 +196,8 @@ def check_resumable(ckpt: Path, meta: dict[str, Any], config: dict[str, Any], da
              if k not in MAY_CHANGE_ON_RESUME and saved.get(k, _UNSET) != config.get(k, _UNSET)]
     if diffs:
         raise RunDirError(f"{ckpt}: --resume needs the settings this checkpoint was written with "
-                          f"(only --epochs may change); they differ in {', '.join(diffs)}")
+                          f"(only --epochs may change, and only with --schedule constant); they "
+                          f"differ in {', '.join(diffs)}")
     if meta.get("data_sha256") != data_sha256:
         then = str(meta.get("data_sha256"))[:12]
         raise RunDirError(f"{ckpt}: was trained on other data than --data {data_spec} gives now "
@@ -212,8 +225,9 @@ def read_metrics(path: Path, *, drop_partial_tail: bool = False
     Raises:
       RunDirError: naming the file and the line of a line that is not a JSON record with an
         int "epoch" and a "kind" of "step" or "epoch".
+      safefiles.NotARegularFileError: if `path` is a link, a FIFO, a directory, ...
     """
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = safefiles.read_bytes(path).decode("utf-8", errors="replace")
     rows = text.split("\n")
     out, dropped = [], None
     for n, line in enumerate(rows, 1):
@@ -246,7 +260,7 @@ def truncate_metrics(path: Path, epoch: int) -> int | None:
     Returns:
       the number of the partial last line dropped, or None.
     """
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     rows, dropped = read_metrics(path, drop_partial_tail=True)
     keep = [line for line, record in rows if record["epoch"] <= epoch]
@@ -257,18 +271,43 @@ def truncate_metrics(path: Path, epoch: int) -> int | None:
 
 
 class MetricsLog:
-    """metrics.jsonl opened for appending; every record is one line, flushed when written."""
+    """metrics.jsonl opened for appending; every record is one line, flushed when written.
+
+    Args:
+      path: the file: created if absent, emptied if `fresh`; refused (NotARegularFileError) if
+        it is a link, a FIFO, a directory, ..., or has several hard links.
+      fresh: start it empty.
+
+    A record that cannot be written (a full disk) raises `safefiles.WriteError` naming the file;
+    the records before it are intact (a partial last line is dropped on resume).
+    """
 
     def __init__(self, path: Path, *, fresh: bool = False):
-        self._f = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115
+        self.path = Path(path)
+        fd = safefiles.open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                    single_link=True)
+        if fresh:
+            os.ftruncate(fd, 0)
+        self._f = os.fdopen(fd, "a", encoding="utf-8")
 
     def append(self, record: dict[str, Any]) -> None:
         """Write `record` as one JSON line and flush it."""
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise safefiles.WriteError(e, f"{self.path}: appending a record failed "
+                                          f"({safefiles.reason(e)}); the records before it are "
+                                          "intact (a partial last line is dropped on resume)"
+                                       ) from e
 
     def close(self) -> None:
-        self._f.close()
+        """Close the file (a write that failed already was reported by `append`)."""
+        try:
+            self._f.close()
+        except OSError:
+            if not self._f.closed:
+                raise
 
     def __enter__(self) -> MetricsLog:
         return self
