@@ -60,6 +60,7 @@ HEAVY_FIRST = [
     "test_resnet.py",             # 244 s
     "test_parallel.py",           # 229 s, most of it one eight-device subprocess
     "test_explain.py",            # 216 s
+    "test_processes.py",          # 110 s at load 2: every run starts 2-4 processes
     "test_network.py",            # 200 s
     "test_train.py",              # 188 s
     "test_backward.py",           # 186 s

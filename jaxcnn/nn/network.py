@@ -64,8 +64,10 @@ class Network:
         # shapes (and every layer's options, checked) without computing anything; the params'
         # and state's shapes do not depend on the dtype, so this one abstract init is what
         # `check_params` and `check_state` compare against on every call
-        params, state, shapes = jax.eval_shape(lambda k: self._init(k, jnp.float32),
-                                               jax.random.key(0))
+        # (the key is made inside the trace: defining a network touches no device, so that
+        # `jaxcnn.training.processes.join` may come after it)
+        params, state, shapes = jax.eval_shape(
+            lambda: self._init(jax.random.key(0), jnp.float32))
         self.output_shape = tuple(shapes[-1].shape)
         self.shapes = [tuple(s.shape) for s in shapes]  # per layer output, one example
         # nested where a layer is a block (jaxcnn.nn.combinators): {block: {sub: {leaf: shape}}}

@@ -44,10 +44,11 @@ from jaxcnn.tools import (
     bench_torch,
     explain,
     gradcheck,
+    launch,
     walkthrough,
     walkthrough_residual,
 )
-from jaxcnn.training import dp, optim
+from jaxcnn.training import dp, optim, processes
 from jaxcnn.training import run as trainer
 from jaxcnn.training.per_example import has_batchnorm
 
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
+            args.argv = list(sys.argv[1:] if argv is None else argv)
         except SystemExit as e:  # --help, --version (0) or a usage error already reported (2)
             return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
         try:
@@ -296,6 +298,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=None,
                    help="data-parallel over this many local devices (default: all; config.json "
                    "records the count used)")
+    _cluster_args(p)
     p.add_argument("--out", default="runs/train", help="output directory")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -323,6 +326,21 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    f"default: {d.dp_delta:g}; with --dp-clip only)")
 
 
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    """train's options for a run over several processes (docs/processes.md)."""
+    p.add_argument("--processes", type=POSITIVE, default=None, metavar="P",
+                   help="start P processes of this run on this machine (CPU, gloo collectives; "
+                   "docs/processes.md); each feeds its slice of every batch")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="join a run of several processes: process 0's address (with "
+                   "--num-processes and --process-id), or auto (SLURM, Open MPI, ...); with "
+                   "--processes, the local port to use (default: a free one)")
+    p.add_argument("--num-processes", type=POSITIVE, default=None, metavar="P",
+                   help="with --coordinator: the run's process count")
+    p.add_argument("--process-id", type=_int_in(0), default=None, metavar="I",
+                   help="with --coordinator: this process's index, 0..P-1 (0 writes OUT)")
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.dp_delta is not None and args.dp_clip is None:
         raise ValueError(f"--dp-delta {args.dp_delta:g} applies to DP-SGD runs only (the delta of "
@@ -335,6 +353,11 @@ def _train(args: argparse.Namespace) -> int:
     model = lookup.model(cfg.model, impl=args.impl)
     if cfg.private and has_batchnorm(model):
         raise ValueError(_batchnorm_refusal(cfg.model))
+    if args.process_id is None and args.coordinator != processes.AUTO and (args.processes or 1) > 1:
+        return launch.launch(args.argv, args.processes, args.coordinator)
+    if args.coordinator is not None:
+        launch.die_with_launcher()
+        processes.join(args.coordinator, args.num_processes, args.process_id)
     say = terminal.say  # stdout's reader may leave (`readers_may_leave`): the run goes on
     try:
         summary = trainer.fit(cfg, args.out, model=model, resume=args.resume,

@@ -214,6 +214,24 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 
 
 # ----------------------------------------------------------------------------- sampling
+def privacy_text(summary: dict, delta: float) -> str:
+    """The privacy part of an epoch's log line.
+
+    Args:
+      summary: the epoch's record.
+      delta: the run's dp_delta.
+
+    Returns:
+      ", epsilon E (delta D)"; the record's "privacy" note where epsilon is infinite (null in
+      the record); "" for a non-private run.
+    """
+    if "epsilon" not in summary:
+        return ""
+    eps = summary["epsilon"]
+    return (f", epsilon {eps:.3f} (delta {delta:g})" if eps is not None else
+            f", {summary.get('privacy', 'epsilon is infinite')}")
+
+
 def padded_size(expected: float, multiple: int = 1) -> int:
     """The fixed batch size Poisson samples are padded to: B + 6 sqrt(B) + 8, which a sample of
     mean B (and variance <= B) exceeds with probability below 1e-9, rounded up to a multiple

@@ -64,8 +64,15 @@ def make_mesh(devices: int | None = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Put every array of `tree` (params, state, optimizer state) on every device of `mesh`."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Put every array of `tree` (params, state, optimizer state) on every device of `mesh`.
+
+    With several processes (`jaxcnn.training.processes`) every process passes the same values,
+    and each puts them on its own devices of the mesh."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
 
 
 def shard_batch(batch: tuple[Any, Any], mesh: Mesh) -> tuple[Array, Array]:

@@ -24,6 +24,12 @@ epoch's record and log line (null, with a note, for `dp_noise=0`: no privacy). T
 checked before any training, the accountant included (it answers for the run's last step before
 the first), so no epoch ends in an accountant error. BatchNorm models are refused.
 
+Several processes (`jaxcnn.training.processes`, joined before `fit`): the mesh spans them all,
+each feeds its rows of every batch, and process 0 alone owns the directory (lock, files,
+checkpoint; on resume it reads the checkpoint and sends it to the others). `processes` is recorded
+in config.json, and resuming with another count is refused: the gradient's sums run in another
+order, so the run would not continue bit for bit.
+
 The module is over 400 lines because the run is one story read top to bottom: the settings,
 their checks, start or resume, the epochs with their two kinds of batches, evaluation and
 checkpoint, the plots.
@@ -31,6 +37,7 @@ checkpoint, the plots.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -46,7 +53,17 @@ import numpy as np
 
 from jaxcnn.nn import grads, lookup
 from jaxcnn.nn.network import Network
-from jaxcnn.training import checkpoint, data, dp, optim, parallel, plots, rundir, steps
+from jaxcnn.training import (
+    checkpoint,
+    data,
+    dp,
+    optim,
+    parallel,
+    plots,
+    processes,
+    rundir,
+    steps,
+)
 from jaxcnn.training.diagnose import TrainingStoppedError, check_gradients, diagnose
 
 CHECKPOINT = rundir.CHECKPOINT
@@ -73,8 +90,8 @@ _NUMBER, _NONE = (int, float), type(None)
 _TYPES = {"model": str, "data": str, "grad": str, "optimizer": str, "lr": _NUMBER,
           "schedule": str, "batch_size": int, "epochs": int, "clip": (*_NUMBER, _NONE),
           "seed": int, "dtype": str, "check_grads": bool, "devices": (int, _NONE),
-          "log_every": int, "dp_clip": (*_NUMBER, _NONE), "dp_noise": (*_NUMBER, _NONE),
-          "dp_delta": _NUMBER}
+          "processes": (int, _NONE), "log_every": int, "dp_clip": (*_NUMBER, _NONE),
+          "dp_noise": (*_NUMBER, _NONE), "dp_delta": _NUMBER}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +109,7 @@ class TrainConfig:
     dtype: str = "float32"
     check_grads: bool = False
     devices: int | None = None  # None: all local devices (a run records the count it used)
+    processes: int | None = None  # None: the processes joined (processes.count(); recorded)
     log_every: int = 10
     dp_clip: float | None = None   # DP-SGD (jaxcnn.training.dp): the per-example clip norm C,
     dp_noise: float | None = None  # the noise multiplier sigma (both or neither),
@@ -117,7 +135,7 @@ class TrainConfig:
             raise ValueError(f"--grad must be one of {', '.join(grads.GRADS)}; got {self.grad!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"--dtype must be float32 or float64; got {self.dtype!r}")
-        for name in ("batch_size", "epochs", "log_every", "devices"):
+        for name in ("batch_size", "epochs", "log_every", "devices", "processes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
@@ -178,19 +196,33 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
     if cfg.batch_size > len(ds.x_train):
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the "
                          f"{len(ds.x_train)} training images")
-    local = jax.local_devices()
+    devices, procs = _device_counts(cfg)
+    if cfg.private:
+        dp.refuse_batchnorm("--dp-clip", model)
+        _check_private(cfg, len(ds.x_train))
+    total = devices * procs
+    if cfg.batch_size % total and not cfg.private:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {total} "
+                         f"devices it is split over (--devices, --processes); use a multiple of "
+                         f"{total}")
+    mesh = None if total == 1 else parallel.make_mesh(None if procs > 1 else devices)
+    return dataclasses.replace(cfg, devices=devices, processes=procs), model, ds, mesh
+
+
+def _device_counts(cfg: TrainConfig) -> tuple[int, int]:
+    """(local devices, processes) of the run: `cfg`'s, checked against what exists."""
+    local, procs = jax.local_devices(), processes.count()
     devices = cfg.devices or len(local)
     if devices > len(local):
         raise ValueError(f"--devices {devices}: only {len(local)} local "
                          f"{local[0].platform.upper()} device(s) exist")
-    if cfg.private:
-        dp.refuse_batchnorm("--dp-clip", model)
-        _check_private(cfg, len(ds.x_train))
-    if cfg.batch_size % devices and not cfg.private:
-        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {devices} "
-                         f"devices it is split over (--devices); use a multiple of {devices}")
-    mesh = parallel.make_mesh(devices) if devices > 1 else None
-    return dataclasses.replace(cfg, devices=devices), model, ds, mesh
+    if cfg.processes not in (None, procs):
+        raise ValueError(f"--processes {cfg.processes}: this run has joined {procs} "
+                         f"process(es) (jaxcnn.training.processes.join)")
+    if procs > 1 and devices != len(local):
+        raise ValueError(f"--devices {devices}: with several processes every process uses all "
+                         f"its {len(local)} local device(s); leave --devices out")
+    return devices, procs
 
 
 def _check_private(cfg: TrainConfig, n: int) -> None:
@@ -242,11 +274,12 @@ def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
       Interrupted: Ctrl-C.
     """
     cfg.validate()
-    out, log = Path(out), _safe(log)
+    out, log = Path(out), _safe(log) if processes.is_leader() else _silent
     cfg, model, ds, mesh = _setup(cfg, model)  # bad settings first, whatever `out` holds
-    rundir.check_start(out, resume=resume, overwrite=overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    with rundir.locked(out):
+    if processes.is_leader():
+        rundir.check_start(out, resume=resume, overwrite=overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+    with rundir.locked(out) if processes.is_leader() else contextlib.nullcontext():
         run = _Run(cfg, model, ds, mesh, data.fingerprint(ds), out, log)
         try:
             _start(run, resume=resume, overwrite=overwrite)
@@ -256,6 +289,10 @@ def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
         except KeyboardInterrupt:
             meta = checkpoint.read_meta(run.ckpt)
             raise Interrupted(run.step, meta and meta.get("epoch"), run.ckpt) from None
+
+
+def _silent(line: str) -> None:
+    """The log of every process but process 0 (its lines would repeat process 0's)."""
 
 
 def _safe(log: Callable[[str], None]) -> Callable[[str], None]:
@@ -275,19 +312,26 @@ def _safe(log: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def _start(run: _Run, *, resume: bool, overwrite: bool) -> None:
-    """Fresh params, then the checkpoint's (resume), or a fresh directory."""
-    rundir.check_start(run.out, resume=resume, overwrite=overwrite)  # again, under the lock
-    rundir.remove_temps(run.out)
+    """Fresh params, then the checkpoint's (resume), or a fresh directory; process 0's choice,
+    sent to the other processes."""
     dt = jnp.dtype(run.cfg.dtype)
     run.params = run.model.init(jax.random.fold_in(run.key, 0), dt)
     run.state = run.model.init_state(dt)
     run.opt_state = run.cfg.optimizer_for(run.n_batches).init(run.params)
-    if resume and os.path.lexists(run.ckpt):  # a dangling link is refused, not skipped
-        _restore(run)
-        return
-    if resume:
-        run.log(f"no checkpoint in {run.out}; starting from scratch")
-    rundir.start_fresh(run.out, dataclasses.asdict(run.cfg))
+    if processes.is_leader():
+        rundir.check_start(run.out, resume=resume, overwrite=overwrite)  # again, under the lock
+        rundir.remove_temps(run.out)
+        if resume and os.path.lexists(run.ckpt):  # a dangling link is refused, not skipped
+            _restore(run)
+        else:
+            if resume:
+                run.log(f"no checkpoint in {run.out}; starting from scratch")
+            rundir.start_fresh(run.out, dataclasses.asdict(run.cfg))
+    if processes.count() > 1:
+        shared = processes.broadcast((run.params, run.state, run.opt_state,
+                                      np.array([run.start_epoch, run.step])))
+        run.params, run.state, run.opt_state = jax.tree.map(jnp.asarray, shared[:3])
+        run.start_epoch, run.step = (int(v) for v in shared[3])
 
 
 def _restore(run: _Run) -> None:
@@ -296,36 +340,13 @@ def _restore(run: _Run) -> None:
     config = dataclasses.asdict(run.cfg)
     meta = checkpoint.load_meta(run.ckpt)
     epoch, step = rundir.check_resumable(run.ckpt, meta, config, run.data_sha256, run.cfg.data)
-    _check_horizon(run.ckpt, meta["config"]["epochs"], epoch, run.cfg)
+    rundir.check_horizon(run.ckpt, meta["config"]["epochs"], epoch, run.cfg.epochs,
+                         run.cfg.schedule)
     template = (run.params, run.state, run.opt_state)
     (run.params, run.state, run.opt_state), _ = checkpoint.load(run.ckpt, template)
     rundir.continue_after(run.out, epoch, config, run.log)
     run.start_epoch, run.step = epoch, step
     run.log(f"resuming {run.out} after epoch {epoch} (step {step})")
-
-
-def _check_horizon(ckpt: Path, saved_epochs: int, done: int, cfg: TrainConfig) -> None:
-    """Refuse a resume that changes `epochs` when the schedule depends on it (cosine: laid out
-    over all the epochs), since it would not end with an uninterrupted run's parameters.
-
-    Args:
-      ckpt: the checkpoint (for the message).
-      saved_epochs: the `epochs` it was written under.
-      done: the epochs it holds.
-      cfg: the configuration asked for now.
-
-    Raises:
-      rundir.RunDirError: naming both epoch counts and the ways to go on.
-    """
-    if cfg.schedule == "constant" or saved_epochs == cfg.epochs:
-        return
-    raise rundir.RunDirError(
-        f"{ckpt}: --epochs {cfg.epochs}: this run's {cfg.schedule} learning-rate schedule is laid "
-        f"out over its --epochs {saved_epochs} (it holds epoch {done}), so continuing it to "
-        f"{cfg.epochs} would not give the parameters of an uninterrupted {cfg.epochs}-epoch run; "
-        f"resume with --epochs {saved_epochs}, or start a {cfg.epochs}-epoch run afresh "
-        f"(--overwrite or another --out); only --schedule constant runs may change --epochs "
-        f"on resume")
 
 
 def _train(run: _Run, progress: bool, stop_after_steps: int | None) -> dict:
@@ -336,7 +357,8 @@ def _train(run: _Run, progress: bool, stop_after_steps: int | None) -> dict:
     step_fn = _make_step(run)
     eval_step = steps.make_eval_step(run.model)
     started, summary = time.perf_counter(), {}
-    with rundir.MetricsLog(run.out / rundir.METRICS) as metrics:
+    with (rundir.MetricsLog(run.out / rundir.METRICS) if processes.is_leader()
+          else contextlib.nullcontext(_NoMetrics())) as metrics:
         for epoch in range(run.start_epoch, cfg.epochs):
             sums = _one_epoch(run, epoch, step_fn, metrics, progress, stop_after_steps)
             if sums is None:
@@ -344,7 +366,8 @@ def _train(run: _Run, progress: bool, stop_after_steps: int | None) -> dict:
             summary = _end_epoch(run, epoch, sums, eval_step, metrics, started)
     if not summary:
         run.log(f"{run.out}: all {cfg.epochs} epochs were already done")
-    _plots(run)
+    if processes.is_leader():
+        _plots(run)
     return {**summary, "params": run.params, "state": run.state}
 
 
@@ -387,10 +410,10 @@ def _one_epoch(run: _Run, epoch: int, step_fn: Callable, metrics: rundir.Metrics
         for i, batch in enumerate(_batches(run, epoch)):
             xb = batch[0]
             run.params, run.state, run.opt_state, m = step_fn(
-                run.params, run.state, run.opt_state, batch,
+                run.params, run.state, run.opt_state, processes.feed(batch, run.mesh),
                 jax.random.fold_in(dropout_key, run.step))
             run.step += 1
-            host = jax.device_get(m)  # one transfer for every metric of the step
+            host = processes.to_host(m)  # one transfer for every metric of the step
             loss, grad_norm = float(host["loss"]), float(host["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 kept = (f"the last good checkpoint is {run.ckpt} (epoch {epoch})" if epoch
@@ -428,8 +451,12 @@ def _batches(run: _Run, epoch: int) -> Any:
 def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
                metrics: rundir.MetricsLog, started: float) -> dict:
     """Evaluate, log the epoch's record, then checkpoint (in that order: a crash between the two
-    redoes the epoch on resume, whose records are then dropped and written again)."""
-    test = steps.evaluate(run.model, run.params, run.state, run.ds.x_test, run.ds.y_test,
+    redoes the epoch on resume, whose records are then dropped and written again); process 0
+    only."""
+    if not processes.is_leader():
+        return {"epoch": epoch + 1, "step": run.step}
+    trees = processes.to_host((run.params, run.state, run.opt_state))
+    test = steps.evaluate(run.model, trees[0], trees[1], run.ds.x_test, run.ds.y_test,
                           eval_step=eval_step)
     n, iou, cfg = run.n_batches, test.get("mean_iou"), run.cfg  # IoU: per-position heads
     private = {} if not cfg.private else dp.privacy_record(  # epsilon after the steps so far
@@ -440,38 +467,25 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
                **({} if iou is None else {"test_mean_iou": iou}), **private,
                "seconds": time.perf_counter() - started}
     metrics.append(summary)
-    checkpoint.save(run.ckpt, (run.params, run.state, run.opt_state),
+    checkpoint.save(run.ckpt, trees,
                     {"epoch": epoch + 1, "step": run.step, "config": dataclasses.asdict(run.cfg),
                      "data_sha256": run.data_sha256})
     run.log(f"epoch {epoch + 1}: train loss {summary['train_loss']:.4f}, test loss "
             f"{test['loss']:.4f}, test accuracy {test['accuracy']:.4f}"
             + ("" if iou is None else f", test mean IoU {iou:.4f}")
-            + _privacy_text(summary, cfg.dp_delta))
+            + dp.privacy_text(summary, cfg.dp_delta))
     return summary
 
 
-def _privacy_text(summary: dict, delta: float) -> str:
-    """The privacy part of an epoch's log line.
-
-    Args:
-      summary: the epoch's record.
-      delta: the run's dp_delta.
-
-    Returns:
-      ", epsilon E (delta D)"; the record's "privacy" note where epsilon is infinite (null in
-      the record); "" for a non-private run.
-    """
-    if "epsilon" not in summary:
-        return ""
-    eps = summary["epsilon"]
-    return (f", epsilon {eps:.3f} (delta {delta:g})" if eps is not None else
-            f", {summary.get('privacy', 'epsilon is infinite')}")
-
-
 def _plots(run: _Run) -> None:
-    first_conv = plots.first_conv([run.params.get(layer.name) for layer in run.model.layers])
+    params = processes.to_host(run.params)
+    first_conv = plots.first_conv([params.get(layer.name) for layer in run.model.layers])
     for path in plots.plot_run(run.out, first_conv):
         run.log(f"wrote {path}")
+
+
+class _NoMetrics:
+    def append(self, record: dict) -> None: ...
 
 
 class _NoBar:

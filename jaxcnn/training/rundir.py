@@ -209,6 +209,30 @@ def check_resumable(ckpt: Path, meta: dict[str, Any], config: dict[str, Any], da
     return epoch, step
 
 
+def check_horizon(ckpt: Path, saved_epochs: int, done: int, epochs: int, schedule: str) -> None:
+    """Refuse a resume that changes `epochs` when the schedule depends on it (cosine: laid out
+    over all the epochs), since it would not end with an uninterrupted run's parameters.
+
+    Args:
+      ckpt: the checkpoint (for the message).
+      saved_epochs: the `epochs` it was written under.
+      done: the epochs it holds.
+      epochs, schedule: the --epochs and --schedule asked for now.
+
+    Raises:
+      RunDirError: naming both epoch counts and the ways to go on.
+    """
+    if schedule == "constant" or saved_epochs == epochs:
+        return
+    raise RunDirError(
+        f"{ckpt}: --epochs {epochs}: this run's {schedule} learning-rate schedule is laid "
+        f"out over its --epochs {saved_epochs} (it holds epoch {done}), so continuing it to "
+        f"{epochs} would not give the parameters of an uninterrupted {epochs}-epoch run; "
+        f"resume with --epochs {saved_epochs}, or start a {epochs}-epoch run afresh "
+        f"(--overwrite or another --out); only --schedule constant runs may change --epochs "
+        f"on resume")
+
+
 # ----------------------------------------------------------------------------- metrics
 def read_metrics(path: Path, *, drop_partial_tail: bool = False
                  ) -> tuple[list[tuple[str, dict]], int | None]:
