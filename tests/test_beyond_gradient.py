@@ -192,6 +192,18 @@ def test_batchnorm_is_refused_pointing_to_groupnorm(fn):
         fn(model, params, x, y)
 
 
+def test_a_users_layer_that_mixes_the_examples_is_refused_as_batchnorm_is():
+    """The refusal reads the layer's capability, not its kind: any layer may declare it."""
+    mixing = layers.ReLU(name="batch_mixer")._replace(mixes_examples=True)
+    model = Network("mixer", [layers.Flatten(), mixing, layers.Dense(2, name="dense")], (2, 2, 1),
+                    SOFTMAX)
+    params = model.init(jax.random.key(0), jnp.float64)
+    x, y = jnp.ones((2, 2, 2, 1)), jnp.zeros((2,), jnp.int32)
+    with pytest.raises(ValueError, match=r"mix the examples .*\(batch_mixer\)"):
+        jaxcnn.per_example_grad_norms(model, params, x, y, train=True)
+    assert not models.cnn1d().layers[0].mixes_examples
+
+
 def test_batchnorm_in_evaluation_mode_has_exact_per_example_norms():
     model = models.deep_cnn((8, 8, 1))
     rng = np.random.default_rng(1)

@@ -10,6 +10,7 @@ bad example below to show that it can fail.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -357,3 +358,30 @@ def test_impl_check_catches_parameters_and_fields():
     assert bad == [":2 make_step(impl=...)", ":3 lambda(impl=...)", ":7 TrainConfig.impl (a field)"]
     assert not impl_parameters("class Network:\n    def with_impl(self, impl): ...\n"
                                "def f(model):\n    return model.with_impl('auto')\n")
+
+
+# ----------------------------------------------------------------------------- capabilities
+# What a layer can do is a field of the layer (`Layer.mixes_examples`, ...), never read off its
+# kind: a user's own layer that mixes the examples must be refused as BatchNorm is.
+_KIND = r"""["'](?:BatchNorm|GroupNorm|LayerNorm|Dropout)["']"""
+BY_NAME = re.compile(rf"{_KIND}\s*(?:\bin\b|==|!=)|(?:\bin\b|==|!=)\s*{_KIND}")
+CAPABILITY_READERS = ("jaxcnn/nn", "jaxcnn/training")
+
+
+def capability_by_name(source: str) -> list[str]:
+    """The lines of `source` that decide something by comparing a layer's kind string."""
+    return [line.strip() for line in source.splitlines() if BY_NAME.search(line)]
+
+
+def test_the_capability_finder():
+    assert capability_by_name('if "BatchNorm" in kinds(layer):\n    x = 1\n')
+    assert capability_by_name("ok = spec['kind'] == 'Dropout'\n")
+    assert not capability_by_name('return any(layer.mixes_examples for layer in layers)\n')
+    assert not capability_by_name('spec = {"kind": "BatchNorm", "eps": eps}\n')
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for d in CAPABILITY_READERS
+                                        for p in (ROOT / d).rglob("*.py")))
+def test_no_capability_is_decided_by_a_layer_name(path):
+    found = capability_by_name((ROOT / path).read_text())
+    assert not found, f"{path}: decide by the layer fields (mixes_examples), not kind: {found}"

@@ -25,6 +25,10 @@ from jaxcnn.training import run as trainer
 
 from helpers import run_child
 
+# as in test_kill_resume.py: a background shell hands its children SIGINT ignored, and the
+# launcher would then never see the Ctrl-C that the test below sends
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 TINY_BN = '''
 from jaxcnn.nn.layers import Dense, Flatten, MaxPool, ReLU
 from jaxcnn.nn.conv_layers import Conv2D
@@ -211,6 +215,28 @@ def test_killed_process_ends_the_run_and_resume_is_bit_identical(workdir, childr
         _launch(workdir, str(whole.parent), [*PLAIN, "--epochs", "2", "--dtype", "float64"], 2)
     for a, b in zip(_checkpoint(out / "checkpoint.npz"), _checkpoint(whole)):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_ctrl_c_stops_every_process_and_keeps_the_checkpoint(workdir, children):
+    """SIGINT to the launcher (Ctrl-C, or SIGTERM): passed on to the processes, status 130, one
+    line saying so, nothing left running, the last checkpoint whole."""
+    out = workdir / "interrupted"
+    launcher = children(_cli(workdir, *PRIVATE, "--epochs", "1000", "--dtype", "float64",
+                             "--processes", "2", "--out", str(out)),
+                        cwd=workdir, env=_env(), stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    for line in launcher.stdout:
+        if line.startswith("epoch 1:"):
+            break
+    else:
+        raise AssertionError(launcher.stderr.read()[-3000:])
+    launcher.send_signal(signal.SIGINT)
+    rc = launcher.wait(timeout=120)
+    err = launcher.stderr.read()
+    assert rc == 130, (rc, err[-2000:])
+    assert "interrupted; stopped all 2 processes" in err.splitlines()[-1], err
+    assert not _running_with(str(out)), "a process of the run is still running"
+    assert checkpoint.load_meta(out / "checkpoint.npz")["epoch"] >= 1
 
 
 def test_resume_with_another_process_count_is_refused(workdir):

@@ -81,9 +81,13 @@ def _decides(*layers: Layer | None) -> bool:
     return any(layer is not None and layer.decisions is not None for layer in layers)
 
 
+def _mixes(*layers: Layer | None) -> bool:
+    return any(layer is not None and layer.mixes_examples for layer in layers)
+
+
 def kinds(layer: Layer) -> Iterator[str]:
-    """The "kind" of `layer` and of every layer nested in it, depth first, read off the specs:
-    e.g. `"BatchNorm" in kinds(block)` says whether a block mixes the examples of a batch."""
+    """The "kind" of `layer` and of every layer nested in it, depth first, read off the specs
+    (for describing a block; what a block can do is in its fields, e.g. `mixes_examples`)."""
     yield from _spec_kinds(layer.spec)
 
 
@@ -200,7 +204,8 @@ def Serial(*layers: Layer, name: str = "serial") -> Layer:
     return Layer(name, partial(_serial_init, layers), partial(_serial_apply, layers),
                  partial(_serial_backward, layers), spec, with_impl if has_impl else None,
                  partial(_serial_norms, layers) if _norms_of(*layers) else None,
-                 partial(_serial_decisions, layers) if _decides(*layers) else None)
+                 partial(_serial_decisions, layers) if _decides(*layers) else None,
+                 _mixes(*layers))
 
 
 # ----------------------------------------------------------------------------- Residual
@@ -319,7 +324,8 @@ def Residual(f: Layer, shortcut: Layer | None = None, *, name: str = "residual")
                  partial(_residual_apply, f, shortcut), partial(_residual_backward, f, shortcut),
                  spec, with_impl if has_impl else None,
                  partial(_residual_norms, f, shortcut) if _norms_of(f, shortcut) else None,
-                 partial(_residual_decisions, f, shortcut) if _decides(f, shortcut) else None)
+                 partial(_residual_decisions, f, shortcut) if _decides(f, shortcut) else None,
+                 _mixes(f, shortcut))
 
 
 # ----------------------------------------------------------------------------- SkipConcat
@@ -382,4 +388,5 @@ def SkipConcat(inner: Layer, *, name: str = "skip") -> Layer:
 
     return Layer(name, init, apply, backward_, {"kind": "SkipConcat", "inner": _sub_spec(inner)},
                  with_impl if inner.with_impl else None, norms if inner.norms else None,
-                 partial(_decided, inner, "inner") if inner.decisions else None)
+                 partial(_decided, inner, "inner") if inner.decisions else None,
+                 inner.mixes_examples)

@@ -27,6 +27,10 @@ class Layer(NamedTuple):
     # x (ReLU's signs, max pooling's winners); where two inputs give equal ones the layer is one
     # smooth piece between them. None: the layer has none (it is smooth)
     decisions: Callable[..., list[Array]] | None = None
+    # in training mode, one example's output depends on the other examples of the batch
+    # (BatchNorm's batch statistics): no example then has a gradient of its own, and the
+    # per-example tools refuse the layer. A capability, not read off the layer's kind
+    mixes_examples: bool = False
 
 
 def zero_norms(backward_: Callable) -> Callable[..., tuple[Array, Array, Callable]]:

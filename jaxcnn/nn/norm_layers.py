@@ -66,7 +66,8 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, name: str = "batchnor
                 reweighted(backward_, g, params, x, residual))
 
     return Layer(name, init, apply, backward_,
-                 {"kind": "BatchNorm", "momentum": momentum, "eps": eps}, norms=norms)
+                 {"kind": "BatchNorm", "momentum": momentum, "eps": eps}, norms=norms,
+                 mixes_examples=True)
 
 
 def _per_example_norm(kind: str, name: str, eps: float, check: Callable, fwd: Callable,

@@ -50,10 +50,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 def die_with_launcher() -> None:
     """In a process the launcher started (LAUNCHER_PID set): be killed when the launcher dies
     (Linux's parent-death signal; set here rather than between fork and exec, where a
-    multithreaded parent must not run Python), and end now if it has died already."""
+    multithreaded parent must not run Python), and end now if it has died already. SIGINT, the
+    launcher's request to stop, raises KeyboardInterrupt even where a background shell started
+    the launcher with SIGINT ignored."""
     launcher = os.environ.get(LAUNCHER_PID)
     if launcher is None:
         return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher's stop request
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if str(os.getppid()) != launcher:

@@ -135,6 +135,28 @@ def check_run_settings(clip: Any, noise: Any, delta: Any, grad: str) -> None:
                          "use --grad manual")
 
 
+def check_run_data(clip: float, noise: float, delta: float, dtype: str, batch_size: int,
+                   epochs: int, n: int) -> None:
+    """The DP-SGD settings that need the data, checked before any training.
+
+    Args:
+      clip, noise, delta: the run's --dp-clip, --dp-noise and --dp-delta (validated).
+      dtype, batch_size, epochs: its --dtype, --batch-size and --epochs.
+      n: the number of training examples.
+
+    Raises:
+      ValueError: C or sigma C not a normal number of the run's dtype, or an accountant that
+        cannot answer for the run's last step (so that no epoch's record can fail).
+    """
+    finfo = np.finfo(np.dtype(dtype))
+    if not (clip >= finfo.tiny and clip * max(noise, 1.0) < finfo.max):
+        raise ValueError(f"--dp-clip {clip:g} (with --dp-noise {noise:g}): C and "
+                         f"sigma C must be normal {dtype} numbers (between {finfo.tiny:.1e} "
+                         f"and {finfo.max:.1e})")
+    steps = (n // batch_size) * epochs
+    check_accountable(noise, batch_size / n, steps, delta)
+
+
 def check_accountable(noise: float, sample_rate: float, steps: int, delta: float) -> None:
     """Ask the accountant before any training, so that no epoch's record can fail after it.
 

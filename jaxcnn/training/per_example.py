@@ -20,7 +20,6 @@ import numpy as np
 from jaxcnn import _geometry
 from jaxcnn.forward.conv import per_example_rule
 from jaxcnn.nn import ghost
-from jaxcnn.nn.combinators import kinds
 from jaxcnn.nn.grads import manual_grad
 from jaxcnn.nn.mode import by_mode, check_train, static_hint
 from jaxcnn.nn.network import Network, Params, State
@@ -145,18 +144,21 @@ def clipped_grad(model: Network, params: Params, x: Array, y: Array, *, clip_nor
 
 
 def has_batchnorm(model: Network) -> bool:
-    """Whether any layer of the model (nested ones included) is a BatchNorm."""
-    return any("BatchNorm" in kinds(layer) for layer in model.layers)
+    """Whether any layer of the model (nested ones included) mixes the examples of a batch in
+    training mode (`Layer.mixes_examples`: BatchNorm, or a user's layer that says so)."""
+    return any(layer.mixes_examples for layer in model.layers)
 
 
 def refuse_batchnorm(fn: str, model: Network, alternative: str = "") -> None:
     """A ValueError pointing to GroupNorm / LayerNorm (and `alternative`) for a model with
-    BatchNorm, whose batch statistics mix the examples in training mode."""
-    if has_batchnorm(model):
-        raise ValueError(f"{fn}: {model.name} has BatchNorm, whose batch statistics mix the "
-                         f"examples in training mode, so no example has a gradient of its own; "
-                         f"use GroupNorm or LayerNorm (e.g. resnet20(norm=\"group\"))"
-                         f"{alternative}")
+    BatchNorm, or any layer that says it mixes the examples in training mode
+    (`Layer.mixes_examples`), named."""
+    mixing = [layer.name for layer in model.layers if layer.mixes_examples]
+    if mixing:
+        raise ValueError(f"{fn}: {model.name} has BatchNorm or another layer whose batch "
+                         f"statistics mix the examples in training mode ({', '.join(mixing)}), "
+                         f"so no example has a gradient of its own; use GroupNorm or LayerNorm "
+                         f"(e.g. resnet20(norm=\"group\")){alternative}")
 
 
 def clipped_sum(model: Network, params: Params, x: Array, y: Array, *, clip_norm: float,

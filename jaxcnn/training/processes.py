@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from jaxcnn.training import parallel
 
 __all__ = ["broadcast", "check_cluster", "count", "feed", "index", "is_leader", "join",
-           "port_in_use", "to_host"]
+           "port_in_use", "run_counts", "to_host"]
 
 AUTO = "auto"  # --coordinator auto: jax's cluster detection (SLURM, Open MPI, Cloud TPU, ...)
 HEARTBEAT_S = 30  # a process silent this long ends the others (jax's default: 100)
@@ -133,6 +133,27 @@ def index() -> int:
 def is_leader() -> bool:
     """Whether this process owns the run directory (process 0)."""
     return jax.process_index() == 0
+
+
+def run_counts(devices: int | None, processes: int | None) -> tuple[int, int]:
+    """(local devices, processes) of a run asked for `devices` (None: all local ones) and
+    `processes` (None: those joined), checked against what exists.
+
+    Raises:
+      ValueError: naming --devices or --processes.
+    """
+    local, procs = jax.local_devices(), count()
+    devices = devices or len(local)
+    if devices > len(local):
+        raise ValueError(f"--devices {devices}: only {len(local)} local "
+                         f"{local[0].platform.upper()} device(s) exist")
+    if processes not in (None, procs):
+        raise ValueError(f"--processes {processes}: this run has joined {procs} "
+                         f"process(es) (jaxcnn.training.processes.join)")
+    if procs > 1 and devices != len(local):
+        raise ValueError(f"--devices {devices}: with several processes every process uses all "
+                         f"its {len(local)} local device(s); leave --devices out")
+    return devices, procs
 
 
 def feed(batch: tuple[Any, ...], mesh: Any) -> tuple[Any, ...]:

@@ -196,10 +196,11 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
     if cfg.batch_size > len(ds.x_train):
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the "
                          f"{len(ds.x_train)} training images")
-    devices, procs = _device_counts(cfg)
+    devices, procs = processes.run_counts(cfg.devices, cfg.processes)
     if cfg.private:
         dp.refuse_batchnorm("--dp-clip", model)
-        _check_private(cfg, len(ds.x_train))
+        dp.check_run_data(cfg.dp_clip, cfg.dp_noise, cfg.dp_delta, cfg.dtype, cfg.batch_size,
+                          cfg.epochs, len(ds.x_train))
     total = devices * procs
     if cfg.batch_size % total and not cfg.private:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {total} "
@@ -207,42 +208,6 @@ def _setup(cfg: TrainConfig, model: Network | None) -> tuple[TrainConfig, Networ
                          f"{total}")
     mesh = None if total == 1 else parallel.make_mesh(None if procs > 1 else devices)
     return dataclasses.replace(cfg, devices=devices, processes=procs), model, ds, mesh
-
-
-def _device_counts(cfg: TrainConfig) -> tuple[int, int]:
-    """(local devices, processes) of the run: `cfg`'s, checked against what exists."""
-    local, procs = jax.local_devices(), processes.count()
-    devices = cfg.devices or len(local)
-    if devices > len(local):
-        raise ValueError(f"--devices {devices}: only {len(local)} local "
-                         f"{local[0].platform.upper()} device(s) exist")
-    if cfg.processes not in (None, procs):
-        raise ValueError(f"--processes {cfg.processes}: this run has joined {procs} "
-                         f"process(es) (jaxcnn.training.processes.join)")
-    if procs > 1 and devices != len(local):
-        raise ValueError(f"--devices {devices}: with several processes every process uses all "
-                         f"its {len(local)} local device(s); leave --devices out")
-    return devices, procs
-
-
-def _check_private(cfg: TrainConfig, n: int) -> None:
-    """The DP-SGD settings that need the data, checked before any training.
-
-    Args:
-      cfg: a private configuration (validated).
-      n: the number of training examples.
-
-    Raises:
-      ValueError: C or sigma C not a normal number of the run's dtype, or an accountant that
-        cannot answer for the run's last step (so that no epoch's record can fail).
-    """
-    finfo = np.finfo(np.dtype(cfg.dtype))
-    if not (cfg.dp_clip >= finfo.tiny and cfg.dp_clip * max(cfg.dp_noise, 1.0) < finfo.max):
-        raise ValueError(f"--dp-clip {cfg.dp_clip:g} (with --dp-noise {cfg.dp_noise:g}): C and "
-                         f"sigma C must be normal {cfg.dtype} numbers (between {finfo.tiny:.1e} "
-                         f"and {finfo.max:.1e})")
-    steps = data.num_batches(n, cfg.batch_size) * cfg.epochs
-    dp.check_accountable(cfg.dp_noise, cfg.batch_size / n, steps, cfg.dp_delta)
 
 
 def fit(cfg: TrainConfig, out: str | Path, *, model: Network | None = None,
