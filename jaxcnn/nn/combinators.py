@@ -388,5 +388,4 @@ def SkipConcat(inner: Layer, *, name: str = "skip") -> Layer:
 
     return Layer(name, init, apply, backward_, {"kind": "SkipConcat", "inner": _sub_spec(inner)},
                  with_impl if inner.with_impl else None, norms if inner.norms else None,
-                 partial(_decided, inner, "inner") if inner.decisions else None,
-                 inner.mixes_examples)
+                 partial(_decided, inner, "inner") if inner.decisions else None, _mixes(inner))
