@@ -57,8 +57,13 @@ def max_pool(dy: Array, x: Array, *, window: int | tuple[int, ...] = 2,
     can write a fused consumer's output over a buffer it still reads through one).
     """
     win = _pool_args("backward.max_pool", dy, x, window, stride, padding)
-    by_taps = math.prod(win.size) <= PAIRWISE_MAX
-    return (_max_pool_by_taps if by_taps else _max_pool_by_index)(dy, x, win)
+    return (_max_pool_by_taps if by_taps(win) else _max_pool_by_index)(dy, x, win)
+
+
+def by_taps(win: _geometry.Window) -> bool:
+    """Whether `max_pool` decides a window's winner among its taps (windows of at most
+    PAIRWISE_MAX elements), or by one (value, index) reduction (larger ones)."""
+    return math.prod(win.size) <= PAIRWISE_MAX
 
 
 PAIRWISE_MAX = 9  # measured on XLA:CPU (jaxcnn.tools.bench_pool): taps win up to 3x3, by_index past
@@ -90,7 +95,8 @@ def _max_pool_by_taps(dy: Array, x: Array, win: _geometry.Window) -> Array:
 def _taps(x: Array, win: _geometry.Window) -> list[Array]:
     """The K window taps of the -inf-padded x, row-major window order, each (N, *O, C):
     strided slices (`_window.tap`), never a reshaped view of x."""
-    return [_window.tap(_padded(x, win), *off, win) for off in _window.offsets(win)]
+    xp = _padded(x, win)
+    return [_window.tap(xp, *off, win) for off in _window.offsets(win)]
 
 
 def _padded(x: Array, win: _geometry.Window) -> Array:

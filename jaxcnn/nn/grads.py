@@ -187,9 +187,9 @@ def finite_difference_grad(model: Network, params: Params, x: Array, y: Array, *
 
 
 def decisions(model: Network, params: Params, trace: Any) -> list[Array]:
-    """Every layer's decisions (`Layer.decisions`: ReLU signs, max-pool winner masks, nested
+    """Every layer's decisions (`Layer.decisions`: ReLU signs, max-pool winners' indices, nested
     blocks' included) on a trace of `model.forward(params, ...)`, in layer order: a list of
-    bool arrays (N, ...). Equal lists at two points: the network is one smooth piece between."""
+    arrays (N, ...). Equal lists at two points: the network is one smooth piece between."""
     return [d for layer, x, r in zip(model.layers, trace.activations, trace.residuals)
             if layer.decisions is not None
             for d in layer.decisions(params.get(layer.name, {}), x, r)]
@@ -201,8 +201,9 @@ def _differences(model: Network, unravel: Callable, step: float, kw: dict, flat:
     decision differs between flat + step e_j and flat - step e_j (M,) bool."""
 
     def at(p: Array) -> tuple[Array, list[Array]]:
-        loss, trace = model.loss_and_trace(unravel(p), x, y, **kw)
-        return loss, decisions(model, unravel(p), trace)
+        q = unravel(p)
+        loss, trace = model.loss_and_trace(q, x, y, **kw)
+        return loss, decisions(model, q, trace)
 
     def one(j: Array) -> tuple[Array, Array]:
         (plus, d_plus), (minus, d_minus) = at(flat.at[j].add(step)), at(flat.at[j].add(-step))

@@ -36,7 +36,7 @@ from jaxcnn.nn.layers import Layer
 Array = jax.Array
 Params = dict[str, dict[str, Array]]
 State = dict[str, dict[str, Array]]
-Shapes = dict[str, dict[str, Any]]  # {layer name: {leaf name: shape, or a nested dict of them}}
+Shapes = _trees.Shapes
 
 
 LAYOUTS = {2: "(N, W, C)", 3: "(N, H, W, C)", 4: "(N, D, H, W, C)"}

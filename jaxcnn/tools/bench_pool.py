@@ -17,7 +17,6 @@ while compiling (Linux), and its largest difference from `jax.vjp`.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from jaxcnn import _geometry, forward
 from jaxcnn.backward import pool as pool_rules
-from jaxcnn.tools.bench import interleaved, machine, ratios, summarise
+from jaxcnn.tools.bench import compiled, interleaved, machine, ratios, summarise
 
 WINDOWS = (2, 4, 8, 16, 24)
 SHAPE = (8, 16, 16, 16)  # (N, H, W, C), float32: the case of issue 23
@@ -81,12 +80,9 @@ def bench_window(window: int, shape: tuple[int, ...] = SHAPE, rounds: int = 5) -
     fns, results = {}, {}
     for name, fn in variants(window).items():
         reset = _reset_peak_rss()
-        before, t0 = _peak_rss_mb(), time.perf_counter()
-        program = jax.jit(fn).lower(dy, x).compile()
-        info = {"compile_s": time.perf_counter() - t0,
-                "temp_bytes": getattr(program.memory_analysis(), "temp_size_in_bytes", None),
-                "compile_rss_mb": (_peak_rss_mb() - before) if reset and before else None}
-        fns[name] = lambda p=program: p(dy, x)
+        before = _peak_rss_mb()
+        fns[name], info = compiled(jax.jit(fn), dy, x)
+        info["compile_rss_mb"] = (_peak_rss_mb() - before) if reset and before else None
         results[name] = np.asarray(fns[name]())
         out["variants"][name] = info
     times = interleaved(fns, rounds=rounds)

@@ -27,6 +27,7 @@ from jax import lax
 
 from jaxcnn import _geometry, backward, forward
 from jaxcnn.backward import conv as conv_rules
+from jaxcnn.backward import pool as pool_rules
 
 CONV_OPS = ("conv2d", "convolve2d")
 POOL_OPS = ("max_pool", "avg_pool", "l2_pool")
@@ -105,7 +106,8 @@ def explain_pool(op: str, input_hwc: tuple[int, int, int], window: Any, stride: 
 
     Returns:
       a JSON-ready dict: config, shapes, geometry, axes, window_area, counts (avg_pool only),
-      tiles, overlap (per axis), routing.
+      tiles, by_taps (max_pool: whether the rule decides among the taps), overlap (per axis),
+      routing.
     """
     h, wd, c = input_hwc
     _sizes(op, {"x": (batch, h, wd, c)})
@@ -121,6 +123,7 @@ def explain_pool(op: str, input_hwc: tuple[int, int, int], window: Any, stride: 
         d["config"]["count_include_pad"] = count_include_pad
         d["counts"] = _geometry.window_counts(win, count_include_pad)[0, :, :, 0].tolist()
     d["tiles"] = win.stride == win.size and all(lo == hi == 0 for lo, hi in win.pads)
+    d["by_taps"] = op != "max_pool" or pool_rules.by_taps(win)  # the rule's own choice
     d["overlap"] = [s < k for s, k in zip(win.stride, win.size)]
     d["routing"] = ROUTING[op]
     return d
@@ -470,9 +473,20 @@ def _pool_text(d: dict[str, Any]) -> list[str]:
             for a, over in zip(d["axes"], d["overlap"])]
     out += _wrap(("the windows tile the input (stride = window, no padding): each element is "
                   "read by at most one window. " if d["tiles"] else "the windows do not tile. ")
-                 + "The rule reads each window offset's strided tap, decides the winners among "
-                 "the taps, and sums the interior-padded spreads, offset by offset", 2)
+                 + _pool_rule_text(d), 2)
     return out + _wrap(f"routing: {d['routing']}", 2)
+
+
+def _pool_rule_text(d: dict[str, Any]) -> str:
+    """How the rule of this pool, at this window, computes dx (`backward.pool`'s own routing)."""
+    if d["op"] != "max_pool":
+        return ("The rule reads each window offset's strided tap and sums the interior-padded "
+                "spreads of dy's shares, offset by offset")
+    if d["by_taps"]:
+        return ("The rule reads each window offset's strided tap, decides the winner among the "
+                "taps, and sums the interior-padded spreads, offset by offset")
+    return (f"The window holds more than {pool_rules.PAIRWISE_MAX} elements: the rule finds "
+            f"each window's winner by one reduction over (value, index) pairs and adds dy there")
 
 
 def _check_text(chk: dict[str, Any]) -> list[str]:

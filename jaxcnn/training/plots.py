@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
-from jaxcnn.training import checkpoint, rundir
+from jaxcnn.training import checkpoint, rundir, safefiles
 
 LINESTYLES = ("-", "--", "-.", ":")  # with the 10 colours of tab10: 40 distinct (colour, style)
 
@@ -64,7 +64,7 @@ def read_config(out: str | Path) -> dict | None:
     """The run's config.json as a dict, or None where it is absent or unreadable (the figures
     are then drawn without the model's and the data's names)."""
     try:
-        config = json.loads((Path(out) / rundir.CONFIG).read_text())
+        config = json.loads(safefiles.read_bytes(Path(out) / rundir.CONFIG))
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None
@@ -224,14 +224,15 @@ def grad_norms(steps: list[dict], path: str | Path, title: str = "") -> Path:
     return save(grad_norms_figure(steps, title), path)
 
 
-def plot_run(out: str | Path, first_conv_w: Any | None) -> list[Path]:
-    """The three figures of the run in `out`, titled with the model and the data of its
-    config.json; `first_conv_w` is the first convolution's kernel ((k, C_in, C_out),
-    (kh, kw, C_in, C_out) or (kd, kh, kw, C_in, C_out); `first_conv`), None for a model without
-    one (filters.png then says so). Returns the paths written."""
+def plot_run(out: str | Path, first_conv_w: Any | None, config: dict | None = None
+             ) -> list[Path]:
+    """The three figures of the run in `out`, titled with the model and the data of `config`
+    (default: read from its config.json); `first_conv_w` is the first convolution's kernel
+    ((k, C_in, C_out), (kh, kw, C_in, C_out) or (kd, kh, kw, C_in, C_out); `first_conv`), None
+    for a model without one (filters.png then says so). Returns the paths written."""
     out = Path(out)
     steps, epochs = read_metrics(out / rundir.METRICS)
-    title = run_title(read_config(out))
+    title = run_title(read_config(out) if config is None else config)
     return [curves(epochs, out / "curves.png", title),
             grad_norms(steps, out / "grad_norms.png", title),
             filters(first_conv_w, out / "filters.png", title)]

@@ -74,7 +74,8 @@ def check_cluster(coordinator: str, num_processes: Any, process_id: Any) -> tupl
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """Whether `port` on `host` (this machine's address) cannot be bound now."""
+    """Whether `port` on `host` (this machine's address) cannot be bound now; with port 0 (any
+    free port), whether `host` is not an address of this machine."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
@@ -98,26 +99,13 @@ def join(coordinator: str, num_processes: int | None = None,
       process_id: this process's index (None with "auto").
     """
     host, port = check_cluster(coordinator, num_processes, process_id)
-    if process_id == 0 and _is_local(host) and port_in_use(host, port):
+    if process_id == 0 and not port_in_use(host, 0) and port_in_use(host, port):
         raise ValueError(f"--coordinator {coordinator}: port {port} is already in use on this "
                          f"machine; pick a free port (or let `--processes` pick one)")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if coordinator == AUTO:
-        jax.distributed.initialize(initialization_timeout=JOIN_TIMEOUT_S,
-                                   heartbeat_timeout_seconds=HEARTBEAT_S)
-        return
-    jax.distributed.initialize(coordinator, num_processes, process_id,
-                               initialization_timeout=JOIN_TIMEOUT_S,
+    cluster = () if coordinator == AUTO else (coordinator, num_processes, process_id)
+    jax.distributed.initialize(*cluster, initialization_timeout=JOIN_TIMEOUT_S,
                                heartbeat_timeout_seconds=HEARTBEAT_S)
-
-
-def _is_local(host: str) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-    except OSError:
-        return False
-    return True
 
 
 def count() -> int:

@@ -295,7 +295,7 @@ def _start(run: _Run, *, resume: bool, overwrite: bool) -> None:
     if processes.count() > 1:
         shared = processes.broadcast((run.params, run.state, run.opt_state,
                                       np.array([run.start_epoch, run.step])))
-        run.params, run.state, run.opt_state = jax.tree.map(jnp.asarray, shared[:3])
+        run.params, run.state, run.opt_state = shared[:3]  # NumPy: `replicate` places them
         run.start_epoch, run.step = (int(v) for v in shared[3])
 
 
@@ -420,8 +420,10 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
     only."""
     if not processes.is_leader():
         return {"epoch": epoch + 1, "step": run.step}
-    trees = processes.to_host((run.params, run.state, run.opt_state))
-    test = steps.evaluate(run.model, trees[0], trees[1], run.ds.x_test, run.ds.y_test,
+    trees = processes.to_host((run.params, run.state, run.opt_state))  # one transfer, kept
+    params, state = ((run.params, run.state) if processes.count() == 1
+                     else jax.device_put(trees[:2]))  # this process's device, for the evaluation
+    test = steps.evaluate(run.model, params, state, run.ds.x_test, run.ds.y_test,
                           eval_step=eval_step)
     n, iou, cfg = run.n_batches, test.get("mean_iou"), run.cfg  # IoU: per-position heads
     private = {} if not cfg.private else dp.privacy_record(  # epsilon after the steps so far
@@ -445,7 +447,7 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
 def _plots(run: _Run) -> None:
     params = processes.to_host(run.params)
     first_conv = plots.first_conv([params.get(layer.name) for layer in run.model.layers])
-    for path in plots.plot_run(run.out, first_conv):
+    for path in plots.plot_run(run.out, first_conv, dataclasses.asdict(run.cfg)):
         run.log(f"wrote {path}")
 
 
