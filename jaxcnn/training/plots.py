@@ -224,15 +224,14 @@ def grad_norms(steps: list[dict], path: str | Path, title: str = "") -> Path:
     return save(grad_norms_figure(steps, title), path)
 
 
-def plot_run(out: str | Path, first_conv_w: Any | None, config: dict | None = None
-             ) -> list[Path]:
-    """The three figures of the run in `out`, titled with the model and the data of `config`
-    (default: read from its config.json); `first_conv_w` is the first convolution's kernel
+def plot_run(out: str | Path, first_conv_w: Any | None) -> list[Path]:
+    """The three figures of the run in `out`, titled with the model and the data of its
+    config.json; `first_conv_w` is the first convolution's kernel
     ((k, C_in, C_out), (kh, kw, C_in, C_out) or (kd, kh, kw, C_in, C_out); `first_conv`), None
     for a model without one (filters.png then says so). Returns the paths written."""
     out = Path(out)
     steps, epochs = read_metrics(out / rundir.METRICS)
-    title = run_title(read_config(out) if config is None else config)
+    title = run_title(read_config(out))
     return [curves(epochs, out / "curves.png", title),
             grad_norms(steps, out / "grad_norms.png", title),
             filters(first_conv_w, out / "filters.png", title)]

@@ -447,7 +447,7 @@ def _end_epoch(run: _Run, epoch: int, sums: dict, eval_step: Callable,
 def _plots(run: _Run) -> None:
     params = processes.to_host(run.params)
     first_conv = plots.first_conv([params.get(layer.name) for layer in run.model.layers])
-    for path in plots.plot_run(run.out, first_conv, dataclasses.asdict(run.cfg)):
+    for path in plots.plot_run(run.out, first_conv):
         run.log(f"wrote {path}")
 
 
